@@ -1,0 +1,121 @@
+"""Builds the running service from Settings: database, broker, actors, outbox.
+
+Used by the worker module, the web app factory and the CLI. Nothing here
+runs at import time; ``bootstrap`` opens nothing either: connections are
+made on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import dramatiq
+import peewee
+from dramatiq.brokers.stub import StubBroker
+
+from .messaging import outbox as outbox_module
+from .messaging.broker import EventRoutingRabbitmqBroker
+from .messaging.database import is_postgres, open_database
+from .messaging.drain import Drain
+from .messaging.errors import ConfigurationError
+from .messaging.listeners import build_drain_actor, build_listener_actor, listener_actor_name
+from .messaging.middleware import DatabaseConnections, DrainWaker
+from .messaging.outbox import Outbox
+from .messaging.routing import RoutingConfig, load_routing
+from .messaging.schemas import SchemaRegistry
+from .messaging.transport import InProcessPublisher, Publisher, RabbitmqPublisher
+from .settings import Settings
+from .warehouse.processors import low_quantity
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    database: peewee.Database
+    broker: dramatiq.Broker
+    routing: RoutingConfig
+    registry: SchemaRegistry
+    outbox: Outbox
+    drain: Drain
+    drain_actor: dramatiq.Actor
+    listener_actors: dict[str, dramatiq.Actor]
+    waker: DrainWaker
+
+    @property
+    def in_process(self) -> bool:
+        return isinstance(self.broker, StubBroker)
+
+
+def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> Runtime:
+    if settings.broker_url is None and not allow_in_process_broker:
+        raise ConfigurationError(
+            "BROKER_URL is not set. Only `cqrs-warehouse serve` can run on the in-process "
+            "broker; set BROKER_URL=amqp://USER:PASSWORD@HOST:5672/ to run the API or the "
+            "workers on their own."
+        )
+    routing = load_routing(settings.listeners_config)
+    db = open_database(settings.database_url)
+    registry = SchemaRegistry(settings.schemas_dir)
+    low_quantity.configure(threshold=settings.low_quantity_threshold)
+
+    broker: dramatiq.Broker
+    if settings.broker_url is None:
+        broker = StubBroker()
+    else:
+        broker = EventRoutingRabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+    broker.add_middleware(DatabaseConnections())
+    dramatiq.set_broker(broker)
+
+    listener_actors = {
+        spec.name: build_listener_actor(
+            broker, spec, queue_name=settings.queue_name(spec.name), registry=registry
+        )
+        for spec in routing.listeners
+    }
+    publisher: Publisher
+    if isinstance(broker, StubBroker):
+        publisher = InProcessPublisher(
+            broker, routing, {spec.name: listener_actor_name(spec) for spec in routing.listeners}
+        )
+    else:
+        publisher = RabbitmqPublisher(
+            broker,
+            exchange=settings.queue_name(routing.exchange.name),
+            bindings={
+                settings.queue_name(spec.name): spec.bindings for spec in routing.listeners
+            },
+        )
+    drain = Drain(publisher, batch_size=settings.drain_batch_size)
+    drain_actor = build_drain_actor(broker, drain.run, queue_name=settings.queue_name("outbox_drain"))
+
+    def nudge() -> None:
+        drain_actor.send()
+
+    outbox = Outbox(
+        registry,
+        notify_channel=settings.notify_channel,
+        nudge=None if is_postgres(db) else nudge,
+    )
+    outbox_module.install(outbox)
+    waker = DrainWaker(
+        nudge,
+        database_url=settings.database_url,
+        notify_channel=settings.notify_channel,
+        sweep_interval=settings.sweep_interval,
+    )
+    broker.add_middleware(waker)
+    return Runtime(
+        settings=settings,
+        database=db,
+        broker=broker,
+        routing=routing,
+        registry=registry,
+        outbox=outbox,
+        drain=drain,
+        drain_actor=drain_actor,
+        listener_actors=listener_actors,
+        waker=waker,
+    )

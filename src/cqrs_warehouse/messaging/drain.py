@@ -1,0 +1,52 @@
+"""The drain: claim a batch of outbox rows, publish them, delete them once confirmed.
+
+Run by the ``drain_outbox`` actor (see ``listeners.build_actors``); woken by
+NOTIFY (PostgreSQL) or a nudge after commit, and by the periodic sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import peewee
+
+from .database import database, is_postgres
+from .outbox import OutboxRecord
+from .transport import Publisher
+
+logger = logging.getLogger(__name__)
+
+
+class Drain:
+    def __init__(self, publisher: Publisher, *, batch_size: int = 500) -> None:
+        self.publisher = publisher
+        self.batch_size = batch_size
+
+    def run(self) -> int:
+        """Publish until the outbox is empty (or only holds rows other drains claimed)."""
+        total = 0
+        while True:
+            published = self.run_batch()
+            total += published
+            if published < self.batch_size:
+                return total
+
+    def run_batch(self) -> int:
+        with database.atomic():
+            records = list(self._claim())
+            if not records:
+                return 0
+            # A crash between publish and delete re-publishes the batch on
+            # the next run: listeners recognise the ids they already applied.
+            self.publisher.publish(records)
+            OutboxRecord.delete().where(OutboxRecord.id.in_([r.id for r in records])).execute()
+        logger.debug("drained %d outbox messages", len(records))
+        return len(records)
+
+    def _claim(self) -> peewee.ModelSelect:
+        query = OutboxRecord.select().order_by(OutboxRecord.id).limit(self.batch_size)
+        if is_postgres(database.obj):
+            # Several drains at once each take rows no other drain holds.
+            query = query.for_update("FOR UPDATE SKIP LOCKED")
+        # On SQLite the transaction began IMMEDIATE: it holds the write lock.
+        return query

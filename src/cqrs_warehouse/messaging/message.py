@@ -1,0 +1,37 @@
+"""The message model shared by commands, the outbox, the drain and listeners."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Message:
+    """One event: its type, schema version and decoded Avro payload.
+
+    ``id`` is unique and stays the same across redeliveries, so a listener
+    can recognise a message it has already applied. ``stream`` and
+    ``position`` are optional: a command that stamps them (e.g. SKU and the
+    SKU's version) lets listeners see the order its events committed in.
+    """
+
+    type: str
+    schema_version: int
+    payload: dict[str, Any]
+    id: str = field(default_factory=new_message_id)
+    stream: str | None = None
+    position: int | None = None
+
+    @property
+    def routing_key(self) -> str:
+        return routing_key_for(self.type, self.schema_version)
+
+
+def routing_key_for(message_type: str, schema_version: int) -> str:
+    return f"{message_type}.v{schema_version}"

@@ -1,0 +1,126 @@
+"""Dramatiq middleware the service's workers run with. Used by bootstrap.
+
+``DatabaseConnections`` gives each worker thread a database connection that
+it keeps between messages and drops after a connection error, so a worker
+recovers by itself from a database restart.
+
+``DrainWaker`` runs one thread per worker process that sends the drain
+actor a message when the outbox has something: on PostgreSQL when a
+committed transaction NOTIFYs the outbox channel, and on every platform once
+per sweep interval, which catches a wake-up that was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+import peewee
+from dramatiq.middleware import Middleware
+
+from .database import database, is_postgres
+
+logger = logging.getLogger(__name__)
+
+_CONNECTION_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
+
+
+def drop_broken_connection(exception: BaseException | None) -> None:
+    """Close this thread's connection after an error that may have broken it."""
+    if isinstance(exception, _CONNECTION_ERRORS) and not database.is_closed():
+        try:
+            database.close()
+        except Exception:
+            logger.debug("closing a broken database connection failed", exc_info=True)
+
+
+class DatabaseConnections(Middleware):
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        database.connect(reuse_if_open=True)
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
+    ) -> None:
+        drop_broken_connection(exception)
+
+    def after_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        if not database.is_closed():
+            database.close()
+
+
+class DrainWaker(Middleware):
+    def __init__(
+        self,
+        wake: Callable[[], Any],
+        *,
+        database_url: str,
+        notify_channel: str,
+        sweep_interval: float,
+    ) -> None:
+        self.wake = wake
+        self.database_url = database_url
+        self.notify_channel = notify_channel
+        self.sweep_interval = sweep_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="drain-waker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        self._send()  # whatever waited while no worker ran
+        while not self._stop.is_set():
+            try:
+                if is_postgres(database.obj):
+                    self._listen_and_wake()
+                else:
+                    self._stop.wait(self.sweep_interval)
+                    self._send()
+            except Exception:
+                logger.warning("drain waker failed; retrying in a second", exc_info=True)
+                self._stop.wait(1.0)
+
+    def _listen_and_wake(self) -> None:
+        # A connection of its own, outside peewee's per-thread one: LISTEN
+        # needs autocommit and lives as long as this loop.
+        from playhouse.db_url import connect as connect_url
+
+        listener_db = connect_url(self.database_url)
+        connection = listener_db.connection()
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(f'LISTEN "{self.notify_channel}"')
+            self._send()  # anything committed before LISTEN took effect
+            while not self._stop.is_set():
+                ready, _, _ = select.select([connection], [], [], self.sweep_interval)
+                if ready:
+                    connection.poll()
+                    # Coalesce: every notification that arrived is one wake-up.
+                    connection.notifies.clear()
+                self._send()
+        finally:
+            listener_db.close()
+
+    def _send(self) -> None:
+        try:
+            self.wake()
+        except Exception:
+            logger.warning("could not send the drain a wake-up", exc_info=True)

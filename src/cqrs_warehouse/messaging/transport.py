@@ -1,0 +1,191 @@
+"""How the drain hands messages to the broker, and how listeners get them back.
+
+``RabbitmqPublisher`` publishes each message once to the topic exchange with
+its routing key and waits for RabbitMQ's confirms; RabbitMQ's bindings fan it
+out to the listener queues. ``InProcessPublisher`` does the same fan-out in
+Python for the in-process broker. Both only return once every message is
+accepted, so the drain may then delete its rows.
+
+On the wire (RabbitMQ) a message is the plain Avro binary as the body, with
+its id, type and schema version in the AMQP properties. Inside Dramatiq (a
+listener actor's argument, retries) it travels as an ``envelope`` dict with
+the payload in base64, since Dramatiq's messages are JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import dramatiq
+import pika
+import pika.exceptions
+
+from .errors import PayloadDecodeError, PublishError
+from .message import Message, routing_key_for
+from .outbox import OutboxRecord
+from .routing import RoutingConfig
+from .schemas import SchemaRegistry
+
+logger = logging.getLogger(__name__)
+
+#: AMQP content type that marks a body as one of our Avro messages.
+AVRO_CONTENT_TYPE = "application/avro"
+
+
+def envelope_from_record(record: OutboxRecord) -> dict[str, Any]:
+    return {
+        "id": record.message_id,
+        "type": record.type,
+        "schema_version": record.schema_version,
+        "payload": base64.b64encode(bytes(record.payload)).decode("ascii"),
+        "stream": record.stream,
+        "position": record.position,
+    }
+
+
+def envelope_from_amqp(properties: pika.BasicProperties, body: bytes) -> dict[str, Any] | None:
+    """The envelope of a delivery published by RabbitmqPublisher, else None."""
+    if properties.content_type != AVRO_CONTENT_TYPE or not properties.type:
+        return None
+    headers = properties.headers or {}
+    return {
+        "id": properties.message_id,
+        "type": properties.type,
+        "schema_version": headers.get("schema_version"),
+        "payload": base64.b64encode(body).decode("ascii"),
+        "stream": headers.get("stream"),
+        "position": headers.get("position"),
+    }
+
+
+def message_from_envelope(envelope: dict[str, Any], registry: SchemaRegistry) -> Message:
+    """Decode and validate; raises a SchemaError for anything malformed."""
+    try:
+        message_type = envelope["type"]
+        version = envelope["schema_version"]
+        data = base64.b64decode(envelope["payload"], validate=True)
+        message_id = envelope["id"]
+    except (KeyError, TypeError, ValueError) as error:
+        raise PayloadDecodeError(f"malformed envelope: {error!r}") from error
+    if not isinstance(message_type, str) or not isinstance(version, int) or not message_id:
+        raise PayloadDecodeError(f"malformed envelope: type {message_type!r} v{version!r}")
+    return Message(
+        id=str(message_id),
+        type=message_type,
+        schema_version=version,
+        payload=registry.decode(message_type, version, data),
+        stream=envelope.get("stream"),
+        position=envelope.get("position"),
+    )
+
+
+class Publisher(Protocol):
+    def publish(self, records: Sequence[OutboxRecord]) -> None:
+        """Publish every record; return only once the broker has accepted them all."""
+
+
+class InProcessPublisher:
+    """Routes in Python and enqueues on the in-process (stub) broker."""
+
+    def __init__(self, broker: dramatiq.Broker, routing: RoutingConfig, actors: dict[str, str]):
+        self.broker = broker
+        self.routing = routing
+        self.actors = actors  # listener name -> actor name
+
+    def publish(self, records: Sequence[OutboxRecord]) -> None:
+        for record in records:
+            key = routing_key_for(record.type, record.schema_version)
+            envelope = envelope_from_record(record)
+            for spec in self.routing.listeners_for(key):
+                actor = self.broker.get_actor(self.actors[spec.name])
+                self.broker.enqueue(
+                    actor.message_with_options(args=(envelope,), message_id=record.message_id)
+                )
+
+
+class RabbitmqPublisher:
+    """Publishes to the topic exchange on a connection of its own per thread.
+
+    Declares the exchange, every listener queue (through the Dramatiq broker,
+    so the queue arguments match the ones its consumers declare) and their
+    bindings before the first publish on a connection: a message published
+    before its queues are bound would be dropped by RabbitMQ.
+    """
+
+    def __init__(
+        self,
+        broker: Any,  # EventRoutingRabbitmqBroker
+        exchange: str,
+        bindings: dict[str, tuple[str, ...]],  # queue name -> patterns
+    ) -> None:
+        self.broker = broker
+        self.exchange = exchange
+        self.bindings = bindings
+        self._local = threading.local()
+
+    def publish(self, records: Sequence[OutboxRecord]) -> None:
+        try:
+            channel = self._channel()
+            for record in records:
+                channel.basic_publish(
+                    exchange=self.exchange,
+                    routing_key=routing_key_for(record.type, record.schema_version),
+                    body=bytes(record.payload),
+                    properties=_properties(record),
+                )
+        except (pika.exceptions.AMQPError, dramatiq.errors.BrokerConnectionError) as error:
+            self._reset()
+            raise PublishError(f"publishing to exchange {self.exchange!r} failed: {error!r}") from error
+
+    def _channel(self) -> Any:
+        channel = getattr(self._local, "channel", None)
+        if channel is not None and channel.is_open:
+            return channel
+        self._reset()
+        connection = pika.BlockingConnection(self.broker.parameters)
+        self._local.connection = connection
+        channel = connection.channel()
+        # Publisher confirms: basic_publish returns only once RabbitMQ has
+        # taken responsibility for the message (raises on a nack).
+        channel.confirm_delivery()
+        declare_topology(self.broker, channel, self.exchange, self.bindings)
+        self._local.channel = channel
+        return channel
+
+    def _reset(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = self._local.channel = None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except Exception:
+                logger.debug("closing a broken publisher connection failed", exc_info=True)
+
+
+def declare_topology(
+    broker: Any, channel: Any, exchange: str, bindings: dict[str, tuple[str, ...]]
+) -> None:
+    """Declare the exchange, the listener queues and their bindings (idempotent)."""
+    channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
+    for queue_name, patterns in bindings.items():
+        broker.declare_queue(queue_name, ensure=True)
+        for pattern in patterns:
+            channel.queue_bind(queue=queue_name, exchange=exchange, routing_key=pattern)
+
+
+def _properties(record: OutboxRecord) -> pika.BasicProperties:
+    headers: dict[str, Any] = {"schema_version": record.schema_version}
+    if record.stream is not None:
+        headers["stream"] = record.stream
+        headers["position"] = record.position
+    return pika.BasicProperties(
+        content_type=AVRO_CONTENT_TYPE,
+        delivery_mode=2,
+        message_id=record.message_id,
+        type=record.type,
+        headers=headers,
+    )

@@ -1,0 +1,1 @@
+"""Processes of the warehouse: listeners that run commands."""

@@ -1,0 +1,13 @@
+"""The notifier's own quantity per SKU. Used only by warehouse.processors.low_quantity."""
+
+import peewee
+
+from cqrs_warehouse.messaging.database import BaseModel
+
+
+class NotifierProduct(BaseModel):
+    sku = peewee.CharField(max_length=64, primary_key=True)
+    quantity = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "low_quantity_notifier_products"

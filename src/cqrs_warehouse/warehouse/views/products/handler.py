@@ -1,0 +1,27 @@
+"""The products view's listener: Increased adds, Shipped subtracts. Run by its listener actor."""
+
+from __future__ import annotations
+
+from cqrs_warehouse.messaging.message import Message
+
+from ...events import PRODUCT_QUANTITY_INCREASED, PRODUCT_QUANTITY_SHIPPED
+from .models import ProductView
+
+
+def handle_message(message: Message) -> None:
+    if message.type == PRODUCT_QUANTITY_INCREASED:
+        _add(message.payload["sku"], message.payload["quantity"])
+    elif message.type == PRODUCT_QUANTITY_SHIPPED:
+        _add(message.payload["sku"], -message.payload["quantity"])
+
+
+def _add(sku: str, delta: int) -> None:
+    ProductView.insert(sku=sku, quantity=delta).on_conflict(
+        conflict_target=[ProductView.sku],
+        update={ProductView.quantity: ProductView.quantity + delta},
+    ).execute()
+
+
+def list_products() -> list[dict[str, object]]:
+    query = ProductView.select(ProductView.sku, ProductView.quantity).order_by(ProductView.sku)
+    return [{"sku": sku, "quantity": quantity} for sku, quantity in query.tuples()]
