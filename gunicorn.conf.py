@@ -1,4 +1,6 @@
-"""Gunicorn settings for the API: `gunicorn -c gunicorn.conf.py` (`-b HOST:PORT` overrides the bind).
+"""Gunicorn settings for the API: `gunicorn -c gunicorn.conf.py`.
+
+`-b HOST:PORT` overrides the bind.
 
 Configuration of the service itself comes from the environment
 (DATABASE_URL, BROKER_URL, LISTENERS_CONFIG, QUEUE_PREFIX); see the README.

@@ -84,12 +84,12 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
         publisher = RabbitmqPublisher(
             broker,
             exchange=settings.queue_name(routing.exchange.name),
-            bindings={
-                settings.queue_name(spec.name): spec.bindings for spec in routing.listeners
-            },
+            bindings={settings.queue_name(spec.name): spec.bindings for spec in routing.listeners},
         )
     drain = Drain(publisher, batch_size=settings.drain_batch_size)
-    drain_actor = build_drain_actor(broker, drain.run, queue_name=settings.queue_name("outbox_drain"))
+    drain_actor = build_drain_actor(
+        broker, drain.run, queue_name=settings.queue_name("outbox_drain")
+    )
 
     def nudge() -> None:
         drain_actor.send()

@@ -31,15 +31,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Without BROKER_URL it uses the in-process broker; without DATABASE_URL a SQLite "
         "file in the working directory. Applies pending migrations first.",
     )
-    serve.add_argument("--bind", default="127.0.0.1:8000", metavar="HOST:PORT",
-                       help="address to listen on (default 127.0.0.1:8000)")
+    serve.add_argument(
+        "--bind",
+        default="127.0.0.1:8000",
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:8000)",
+    )
     serve.add_argument("--threads", type=int, default=8, help="HTTP threads (default 8)")
-    serve.add_argument("--worker-threads", type=int, default=4,
-                       help="threads running the drain and listeners (default 4)")
+    serve.add_argument(
+        "--worker-threads",
+        type=int,
+        default=4,
+        help="threads running the drain and listeners (default 4)",
+    )
     serve.set_defaults(run=_serve)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.run(args, Settings.from_env()))
     except MessagingError as error:
@@ -54,8 +64,8 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     db = open_database(settings.database_url)
     try:
         if args.status:
-            for slice_name, name, applied in migrations.status(db):
-                print(f"{'applied' if applied else 'pending'}  {slice_name}/{name}")
+            for slice_name, name, done in migrations.status(db):
+                print(f"{'applied' if done else 'pending'}  {slice_name}/{name}")
             return 0
         applied = migrations.migrate(db)
     finally:
@@ -72,10 +82,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from . import migrations
     from .bootstrap import bootstrap
     from .messaging.database import open_database
-    from .web import build_app
 
     # Refuse a bad listeners.yaml or environment before starting anything.
     from .messaging.routing import load_routing
+    from .web import build_app
 
     load_routing(settings.listeners_config)
     db = open_database(settings.database_url)
@@ -104,7 +114,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         if worker is not None:
             worker.stop()
 
-    class _Serve(BaseApplication):  # type: ignore[misc]
+    class _Serve(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", [args.bind])
             self.cfg.set("workers", 1)

@@ -6,8 +6,8 @@ history in its own table, so removing a slice is removing its folder.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +29,9 @@ SLICES = (
     Slice("messaging", _ROOT / "messaging" / "migrations"),
     Slice("warehouse_commands", _ROOT / "warehouse" / "commands" / "migrations"),
     Slice("products_view", _ROOT / "warehouse" / "views" / "products" / "migrations"),
-    Slice("low_quantity_notifier",
-          _ROOT / "warehouse" / "processors" / "low_quantity" / "migrations"),
+    Slice(
+        "low_quantity_notifier", _ROOT / "warehouse" / "processors" / "low_quantity" / "migrations"
+    ),
 )
 
 _LOCK_KEY = 0x6371_7273  # any constant: serialises concurrent `migrate` runs

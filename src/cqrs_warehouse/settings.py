@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .messaging.errors import ConfigurationError
 
@@ -55,7 +56,7 @@ class Settings:
         return f"{self.queue_prefix}{name}"
 
 
-def _number(env: Mapping[str, str], key: str, default, kind, *, minimum):  # type: ignore[no-untyped-def]
+def _number(env: Mapping[str, str], key: str, default: Any, kind: type, *, minimum: Any) -> Any:
     raw = env.get(key)
     if raw is None or raw == "":
         return default

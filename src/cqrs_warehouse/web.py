@@ -30,13 +30,15 @@ class _DatabaseConnection:
         database.connect(reuse_if_open=True)
 
 
-def _warehouse_error(req: falcon.Request, resp: falcon.Response, error: WarehouseError,
-                     params: Any) -> None:
+def _warehouse_error(
+    req: falcon.Request, resp: falcon.Response, error: WarehouseError, params: Any
+) -> None:
     raise falcon.HTTPBadRequest(title=error.title, description=str(error))
 
 
-def _database_error(req: falcon.Request, resp: falcon.Response, error: peewee.DatabaseError,
-                    params: Any) -> None:
+def _database_error(
+    req: falcon.Request, resp: falcon.Response, error: peewee.DatabaseError, params: Any
+) -> None:
     logger.error("database error on %s %s: %r", req.method, req.path, error)
     drop_broken_connection(error)
     if isinstance(error, peewee.OperationalError | peewee.InterfaceError):

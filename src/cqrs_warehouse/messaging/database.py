@@ -32,8 +32,12 @@ def open_database(url: str) -> peewee.Database:
         # never fails half-way upgrading a read lock, and busy_timeout waits
         # for the lock instead of failing at once.
         options = {
-            "pragmas": {"journal_mode": "wal", "busy_timeout": 30000, "synchronous": "normal",
-                        "foreign_keys": 1},
+            "pragmas": {
+                "journal_mode": "wal",
+                "busy_timeout": 30000,
+                "synchronous": "normal",
+                "foreign_keys": 1,
+            },
             "lock_type": "IMMEDIATE",
             "timeout": 30,
         }

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import peewee
-
 from .database import database, is_postgres
 from .outbox import OutboxRecord
 from .transport import Publisher
@@ -33,7 +31,7 @@ class Drain:
 
     def run_batch(self) -> int:
         with database.atomic():
-            records = list(self._claim())
+            records = self._claim()
             if not records:
                 return 0
             # A crash between publish and delete re-publishes the batch on
@@ -43,10 +41,10 @@ class Drain:
         logger.debug("drained %d outbox messages", len(records))
         return len(records)
 
-    def _claim(self) -> peewee.ModelSelect:
+    def _claim(self) -> list[OutboxRecord]:
         query = OutboxRecord.select().order_by(OutboxRecord.id).limit(self.batch_size)
         if is_postgres(database.obj):
             # Several drains at once each take rows no other drain holds.
-            query = query.for_update("FOR UPDATE SKIP LOCKED")
+            query = query.for_update(skip_locked=True)
         # On SQLite the transaction began IMMEDIATE: it holds the write lock.
-        return query
+        return list(query)

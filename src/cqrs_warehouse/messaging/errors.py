@@ -1,15 +1,15 @@
 """The messaging error tree. Raised by the messaging core; anyone may catch it.
 
-    MessagingError
-    ├── SchemaError                  a message does not fit the Avro schemas
-    │   ├── UnknownSchemaError         no schemas/<type>_v<version>.avsc
-    │   ├── PayloadValidationError     a payload fails its schema (write or read)
-    │   └── PayloadDecodeError         bytes that are not the schema's Avro binary
-    ├── OutboxError
-    │   └── NotInTransactionError      outbox append outside a transaction
-    ├── RoutingConfigError           listeners.yaml is malformed
-    ├── PublishError                 the broker did not confirm a publish
-    └── ConfigurationError           the environment asks for something impossible
+MessagingError
+├── SchemaError                  a message does not fit the Avro schemas
+│   ├── UnknownSchemaError         no schemas/<type>_v<version>.avsc
+│   ├── PayloadValidationError     a payload fails its schema (write or read)
+│   └── PayloadDecodeError         bytes that are not the schema's Avro binary
+├── OutboxError
+│   └── NotInTransactionError      outbox append outside a transaction
+├── RoutingConfigError           listeners.yaml is malformed
+├── PublishError                 the broker did not confirm a publish
+└── ConfigurationError           the environment asks for something impossible
 """
 
 

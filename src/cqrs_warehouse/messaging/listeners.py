@@ -45,7 +45,9 @@ def apply_message(spec: ListenerSpec, message: Message) -> bool:
     if not spec.accepts(message.routing_key):
         logger.warning(
             "listener %s skipped %s (%s): none of its bindings match",
-            spec.name, message.id, message.routing_key,
+            spec.name,
+            message.id,
+            message.routing_key,
         )
         return False
     with outbox.transaction():
@@ -76,7 +78,6 @@ def build_listener_actor(
 
     run.__name__ = run.__qualname__ = f"listen_{spec.name}"
     return dramatiq.actor(
-        run,
         broker=broker,
         actor_name=listener_actor_name(spec),
         queue_name=queue_name,
@@ -86,7 +87,7 @@ def build_listener_actor(
         # A message that does not fit its schema fails the same way every
         # time: it is not retried.
         throws=(SchemaError,),
-    )
+    )(run)
 
 
 def build_drain_actor(
@@ -96,7 +97,6 @@ def build_drain_actor(
         run_drain()
 
     return dramatiq.actor(
-        drain_outbox,
         broker=broker,
         actor_name=DRAIN_ACTOR,
         queue_name=queue_name,
@@ -105,4 +105,4 @@ def build_drain_actor(
         max_retries=2,
         min_backoff=200,
         max_backoff=2000,
-    )
+    )(drain_outbox)

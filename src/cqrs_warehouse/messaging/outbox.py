@@ -22,6 +22,7 @@ from .schemas import SchemaRegistry
 
 logger = logging.getLogger(__name__)
 
+
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 

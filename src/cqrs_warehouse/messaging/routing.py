@@ -147,8 +147,9 @@ def parse_routing(document: Any, *, source: str) -> RoutingConfig:
 
     if not isinstance(document, Mapping):
         raise fail("top level", "must be a mapping with the keys 'exchange' and 'listeners'")
-    _check_keys(document, required={"exchange", "listeners"}, optional=set(), where="top level",
-                fail=fail)
+    _check_keys(
+        document, required={"exchange", "listeners"}, optional=set(), where="top level", fail=fail
+    )
 
     exchange_doc = document["exchange"]
     if not isinstance(exchange_doc, Mapping):
@@ -181,12 +182,15 @@ def _parse_listener(entry: Any, index: int, fail: Callable[[str, str], Exception
         raise fail(where, "must be a mapping with 'name', 'handler' and 'bindings'")
     if isinstance(entry.get("name"), str):
         where = f"{where} ({entry['name']})"
-    _check_keys(entry, required={"name", "handler", "bindings"}, optional={"retry"}, where=where,
-                fail=fail)
+    _check_keys(
+        entry, required={"name", "handler", "bindings"}, optional={"retry"}, where=where, fail=fail
+    )
 
     name = entry["name"]
     if not isinstance(name, str) or not _LISTENER_NAME.match(name):
-        raise fail(where, f"name {name!r} must be letters, digits and '_', not starting with a digit")
+        raise fail(
+            where, f"name {name!r} must be letters, digits and '_', not starting with a digit"
+        )
 
     bindings = entry["bindings"]
     if not isinstance(bindings, list) or not bindings:
@@ -227,8 +231,13 @@ def _parse_retry(doc: Any, where: str, fail: Callable[[str, str], Exception]) ->
     where = f"{where} retry"
     if not isinstance(doc, Mapping):
         raise fail(where, "must be a mapping of max_attempts, min_delay and max_delay")
-    _check_keys(doc, required=set(), optional={"max_attempts", "min_delay", "max_delay"},
-                where=where, fail=fail)
+    _check_keys(
+        doc,
+        required=set(),
+        optional={"max_attempts", "min_delay", "max_delay"},
+        where=where,
+        fail=fail,
+    )
     default = RetryPolicy()
     attempts = doc.get("max_attempts", default.max_attempts)
     min_delay = doc.get("min_delay", default.min_delay)
@@ -240,7 +249,9 @@ def _parse_retry(doc: Any, where: str, fail: Callable[[str, str], Exception]) ->
             raise fail(where, f"{key} must be a number of seconds from 0 to 86400, not {value!r}")
     if min_delay > max_delay:
         raise fail(where, f"min_delay ({min_delay}) is greater than max_delay ({max_delay})")
-    return RetryPolicy(max_attempts=attempts, min_delay=float(min_delay), max_delay=float(max_delay))
+    return RetryPolicy(
+        max_attempts=attempts, min_delay=float(min_delay), max_delay=float(max_delay)
+    )
 
 
 def _check_keys(

@@ -116,7 +116,9 @@ class SchemaRegistry:
         if unknown:
             raise PayloadValidationError(f"{where}: unknown fields {unknown}")
         missing = sorted(
-            f["name"] for f in schema.get("fields", ()) if f["name"] not in payload and "default" not in f
+            f["name"]
+            for f in schema.get("fields", ())
+            if f["name"] not in payload and "default" not in f
         )
         if missing:
             raise PayloadValidationError(f"{where}: missing fields {missing}")

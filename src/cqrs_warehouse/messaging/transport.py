@@ -139,7 +139,9 @@ class RabbitmqPublisher:
                 )
         except (pika.exceptions.AMQPError, dramatiq.errors.BrokerConnectionError) as error:
             self._reset()
-            raise PublishError(f"publishing to exchange {self.exchange!r} failed: {error!r}") from error
+            raise PublishError(
+                f"publishing to exchange {self.exchange!r} failed: {error!r}"
+            ) from error
 
     def _channel(self) -> Any:
         channel = getattr(self._local, "channel", None)

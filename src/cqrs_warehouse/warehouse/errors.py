@@ -1,10 +1,10 @@
 """The warehouse error tree. Raised by the commands; the web app maps it to HTTP in one place.
 
-    WarehouseError
-    ├── InvalidSkuError                    a SKU that is not 1-64 of [A-Za-z0-9._-]
-    ├── InvalidQuantityError               not an integer from 1 to 2^31-1
-    ├── InsufficientQuantityOnHandError    shipping more than is on hand
-    └── StockLimitExceededError            stock would pass 2^63-1
+WarehouseError
+├── InvalidSkuError                    a SKU that is not 1-64 of [A-Za-z0-9._-]
+├── InvalidQuantityError               not an integer from 1 to 2^31-1
+├── InsufficientQuantityOnHandError    shipping more than is on hand
+└── StockLimitExceededError            stock would pass 2^63-1
 """
 
 

@@ -6,5 +6,11 @@ from .models import NotifierProduct
 
 MODELS = [NotifierProduct]
 
-__all__ = ["DEFAULT_THRESHOLD", "MODELS", "NotifierProduct", "configure", "handle_message",
-           "quantity_of"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "MODELS",
+    "NotifierProduct",
+    "configure",
+    "handle_message",
+    "quantity_of",
+]

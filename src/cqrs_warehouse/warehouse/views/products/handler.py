@@ -24,4 +24,4 @@ def _add(sku: str, delta: int) -> None:
 
 def list_products() -> list[dict[str, object]]:
     query = ProductView.select(ProductView.sku, ProductView.quantity).order_by(ProductView.sku)
-    return [{"sku": sku, "quantity": quantity} for sku, quantity in query.tuples()]
+    return [{"sku": row.sku, "quantity": row.quantity} for row in query]
