@@ -8,23 +8,36 @@ made on first use.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import dramatiq
 import peewee
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import CurrentMessage
 
 from .messaging import outbox as outbox_module
 from .messaging.broker import EventRoutingRabbitmqBroker
 from .messaging.database import is_postgres, open_database
 from .messaging.drain import Drain
 from .messaging.errors import ConfigurationError
-from .messaging.listeners import build_drain_actor, build_listener_actor, listener_actor_name
+from .messaging.listeners import (
+    build_drain_actor,
+    build_listener_actor,
+    listener_actor_name,
+    resend_ready_held,
+)
 from .messaging.middleware import DatabaseConnections, DrainWaker
 from .messaging.outbox import Outbox
 from .messaging.routing import RoutingConfig, load_routing
 from .messaging.schemas import SchemaRegistry
-from .messaging.transport import InProcessPublisher, Publisher, RabbitmqPublisher
+from .messaging.transport import (
+    InProcessPublisher,
+    Publisher,
+    RabbitmqPublisher,
+    send_to_actor,
+)
 from .settings import Settings
 from .warehouse.processors import low_quantity
 
@@ -43,6 +56,7 @@ class Runtime:
     drain_actor: dramatiq.Actor
     listener_actors: dict[str, dramatiq.Actor]
     waker: DrainWaker
+    in_process_publisher: InProcessPublisher | None
 
     @property
     def in_process(self) -> bool:
@@ -67,25 +81,36 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
     else:
         broker = EventRoutingRabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
     broker.add_middleware(DatabaseConnections())
+    broker.add_middleware(CurrentMessage())
     dramatiq.set_broker(broker)
 
-    listener_actors = {
-        spec.name: build_listener_actor(
-            broker, spec, queue_name=settings.queue_name(spec.name), registry=registry
-        )
-        for spec in routing.listeners
-    }
+    actor_names = {spec.name: listener_actor_name(spec) for spec in routing.listeners}
     publisher: Publisher
+    in_process: InProcessPublisher | None = None
+    send: Callable[[str, dict[str, Any]], None]
     if isinstance(broker, StubBroker):
-        publisher = InProcessPublisher(
-            broker, routing, {spec.name: listener_actor_name(spec) for spec in routing.listeners}
-        )
+        publisher = in_process = InProcessPublisher(broker, routing, actor_names)
+        send = in_process.send_durably
     else:
         publisher = RabbitmqPublisher(
             broker,
             exchange=settings.queue_name(routing.exchange.name),
             bindings={settings.queue_name(spec.name): spec.bindings for spec in routing.listeners},
         )
+
+        def send(listener: str, envelope: dict[str, Any]) -> None:
+            send_to_actor(broker, actor_names[listener], envelope)
+
+    listener_actors = {
+        spec.name: build_listener_actor(
+            broker,
+            spec,
+            queue_name=settings.queue_name(spec.name),
+            registry=registry,
+            on_done=in_process.delivered if in_process is not None else None,
+        )
+        for spec in routing.listeners
+    }
     drain = Drain(publisher, batch_size=settings.drain_batch_size)
     drain_actor = build_drain_actor(
         broker, drain.run, queue_name=settings.queue_name("outbox_drain")
@@ -102,6 +127,7 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
     outbox_module.install(outbox)
     waker = DrainWaker(
         nudge,
+        on_sweep=lambda: resend_ready_held(send),
         database_url=settings.database_url,
         notify_channel=settings.notify_channel,
         sweep_interval=settings.sweep_interval,
@@ -118,4 +144,5 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
         drain_actor=drain_actor,
         listener_actors=listener_actors,
         waker=waker,
+        in_process_publisher=in_process,
     )

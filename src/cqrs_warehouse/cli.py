@@ -101,6 +101,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         worker = dramatiq.Worker(runtime.broker, worker_threads=args.worker_threads)
         worker.start()
         state["worker"] = worker
+        if runtime.in_process_publisher is not None:
+            with runtime.database.connection_context():
+                redelivered = runtime.in_process_publisher.redeliver_pending()
+            if redelivered:
+                logger.info("handed over %d deliveries left by the last run", redelivered)
         logger.info(
             "serving on http://%s (database %s, broker %s)",
             args.bind,

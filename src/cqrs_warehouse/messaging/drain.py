@@ -35,9 +35,11 @@ class Drain:
             if not records:
                 return 0
             # A crash between publish and delete re-publishes the batch on
-            # the next run: listeners recognise the ids they already applied.
-            self.publisher.publish(records)
+            # the next run: listeners recognise the messages they already applied.
+            after_commit = self.publisher.publish(records)
             OutboxRecord.delete().where(OutboxRecord.id.in_([r.id for r in records])).execute()
+        if after_commit is not None:
+            after_commit()
         logger.debug("drained %d outbox messages", len(records))
         return len(records)
 

@@ -1,23 +1,34 @@
 """One Dramatiq actor per listener in listeners.yaml, plus the drain actor.
 
-Used by bootstrap. A listener actor decodes its message through the Avro
-registry (a message that fails is refused and never reaches the handler),
-skips a message its bindings do not match, and runs the handler inside a
-transaction that also records the message id: a redelivered message the
-listener already applied is acknowledged and skipped.
+Used by bootstrap. For each message a listener actor:
+
+1. decodes it through the Avro registry; a message that does not fit its
+   schema is a poison message: dead-lettered at once, never handed over;
+2. skips it if none of the listener's bindings match (a stale binding);
+3. runs the handler inside a transaction that also records what it applied:
+   a message without a stream is recognised by its id; a message with a
+   stream position is applied only right after its predecessor: an earlier
+   or equal position is a duplicate, a later one is held in the listener's
+   own table and applied in the same transaction as its predecessor;
+4. on a handler error, lets Dramatiq retry it with exponential backoff and,
+   after the listener's last attempt, stores it as a dead letter. Database
+   connection errors are the infrastructure's, not the message's: they are
+   retried until the database is back, and never dead-letter a message.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import dramatiq
 import peewee
+from dramatiq.middleware import CurrentMessage
 
-from . import outbox
-from .database import BaseModel
+from . import dead_letters, listener_state, outbox
+from .database import database
 from .errors import SchemaError
 from .message import Message
 from .routing import ListenerSpec
@@ -27,21 +38,20 @@ from .transport import message_from_envelope
 logger = logging.getLogger(__name__)
 
 DRAIN_ACTOR = "drain_outbox"
+CONNECTION_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 
 
-class ProcessedMessage(BaseModel):
-    """Which message ids each listener has applied. Owned by the messaging core."""
-
-    listener = peewee.CharField(max_length=100)
-    message_id = peewee.CharField(max_length=36)
-
-    class Meta:
-        table_name = "messaging_processed_messages"
-        primary_key = peewee.CompositeKey("listener", "message_id")
+class Outcome(enum.StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    HELD = "held"
+    UNBOUND = "unbound"
 
 
-def apply_message(spec: ListenerSpec, message: Message) -> bool:
-    """Run ``spec``'s handler on ``message`` once; False if it was already applied."""
+def apply_message(
+    spec: ListenerSpec, message: Message, registry: SchemaRegistry | None = None
+) -> Outcome:
+    """Run ``spec``'s handler on ``message`` exactly once, in stream order."""
     if not spec.accepts(message.routing_key):
         logger.warning(
             "listener %s skipped %s (%s): none of its bindings match",
@@ -49,44 +59,113 @@ def apply_message(spec: ListenerSpec, message: Message) -> bool:
             message.id,
             message.routing_key,
         )
-        return False
+        return Outcome.UNBOUND
+    registry = registry or outbox.current().registry
     with outbox.transaction():
-        # The insert waits on a concurrent delivery of the same id until it
-        # commits, then conflicts: the handler runs once per listener and id.
-        inserted = (
-            ProcessedMessage.insert(listener=spec.name, message_id=message.id)
-            .on_conflict_ignore()
-            .as_rowcount()
-            .execute()
-        )
-        if not inserted:
-            logger.info("listener %s skipped %s: already applied", spec.name, message.id)
-            return False
+        if message.stream is None or message.position is None:
+            if not listener_state.first_time(spec.name, message.id):
+                return Outcome.DUPLICATE
+            spec.handler(message)
+            return Outcome.APPLIED
+        applied = listener_state.lock_position(spec.name, message.stream)
+        if message.position <= applied:
+            return Outcome.DUPLICATE
+        if message.position > applied + 1:
+            listener_state.hold(spec.name, message, registry)
+            return Outcome.HELD
         spec.handler(message)
-    return True
+        listener_state.release(spec.name, message.stream, message.position)
+        applied = _apply_held_successors(spec, message.stream, message.position, registry)
+        listener_state.set_position(spec.name, message.stream, applied)
+    return Outcome.APPLIED
+
+
+def _apply_held_successors(
+    spec: ListenerSpec, stream: str, applied: int, registry: SchemaRegistry
+) -> int:
+    while (held := listener_state.held_at(spec.name, stream, applied + 1)) is not None:
+        try:
+            # A savepoint: a failing successor must not undo its predecessor.
+            with database.atomic():
+                spec.handler(held.to_message(registry))
+        except Exception:
+            # It stays held; the sweep sends it back through the broker,
+            # where it is retried and dead-lettered like any message.
+            logger.warning(
+                "listener %s: held message %s failed; it will be retried",
+                spec.name,
+                held.message_id,
+                exc_info=True,
+            )
+            break
+        held.delete_instance()
+        applied += 1
+    return applied
 
 
 def listener_actor_name(spec: ListenerSpec) -> str:
     return f"listener.{spec.name}"
 
 
+def _current_attempt() -> int:
+    message = CurrentMessage.get_current_message()
+    return 1 + int(message.options.get("retries", 0)) if message is not None else 1
+
+
+def _always_retry(retries: int, exception: BaseException) -> bool:
+    # The actor itself stops retrying (by dead-lettering); what reaches
+    # Dramatiq's Retries middleware is always to be retried.
+    return True
+
+
+def run_listener(
+    spec: ListenerSpec,
+    envelope: dict[str, Any],
+    registry: SchemaRegistry,
+    *,
+    attempt: int,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+) -> Outcome | None:
+    """What a listener actor does with one delivery; None if it was dead-lettered."""
+    try:
+        message = message_from_envelope(envelope, registry)
+    except SchemaError as error:
+        dead_letters.store(spec.name, envelope, error, attempts=attempt, poison=True)
+        outcome = None
+    else:
+        try:
+            outcome = apply_message(spec, message, registry)
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as error:
+            if attempt < spec.retry.max_attempts:
+                raise
+            dead_letters.store(spec.name, envelope, error, attempts=attempt, poison=False)
+            outcome = None
+    if on_done is not None:
+        on_done(envelope)
+    return outcome
+
+
 def build_listener_actor(
-    broker: dramatiq.Broker, spec: ListenerSpec, *, queue_name: str, registry: SchemaRegistry
+    broker: dramatiq.Broker,
+    spec: ListenerSpec,
+    *,
+    queue_name: str,
+    registry: SchemaRegistry,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> dramatiq.Actor:
     def run(envelope: dict[str, Any]) -> None:
-        apply_message(spec, message_from_envelope(envelope, registry))
+        run_listener(spec, envelope, registry, attempt=_current_attempt(), on_done=on_done)
 
     run.__name__ = run.__qualname__ = f"listen_{spec.name}"
     return dramatiq.actor(
         broker=broker,
         actor_name=listener_actor_name(spec),
         queue_name=queue_name,
-        max_retries=spec.retry.max_attempts - 1,
-        min_backoff=int(spec.retry.min_delay * 1000) or 1,
-        max_backoff=int(spec.retry.max_delay * 1000) or 1,
-        # A message that does not fit its schema fails the same way every
-        # time: it is not retried.
-        throws=(SchemaError,),
+        retry_when=_always_retry,
+        min_backoff=max(1, int(spec.retry.min_delay * 1000)),
+        max_backoff=max(1, int(spec.retry.max_delay * 1000)),
     )(run)
 
 
@@ -106,3 +185,17 @@ def build_drain_actor(
         min_backoff=200,
         max_backoff=2000,
     )(drain_outbox)
+
+
+def resend_ready_held(send: Callable[[str, dict[str, Any]], None], limit: int = 500) -> int:
+    """Move held messages that are up next but failed out of the held table and
+    back through the broker (``send(listener, envelope)``), where retries and
+    dead letters take over. Returns how many."""
+    from .transport import envelope_from_held
+
+    with database.atomic():
+        ready = listener_state.ready_held(limit)
+        for held in ready:
+            send(held.listener, envelope_from_held(held))
+            held.delete_instance()
+    return len(ready)

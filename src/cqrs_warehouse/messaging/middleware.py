@@ -7,7 +7,8 @@ recovers by itself from a database restart.
 ``DrainWaker`` runs one thread per worker process that sends the drain
 actor a message when the outbox has something: on PostgreSQL when a
 committed transaction NOTIFYs the outbox channel, and on every platform once
-per sweep interval, which catches a wake-up that was lost.
+per sweep interval, which catches a wake-up that was lost. The sweep also
+runs ``on_sweep`` (bootstrap passes the resend of stuck held messages).
 """
 
 from __future__ import annotations
@@ -57,11 +58,13 @@ class DrainWaker(Middleware):
         self,
         wake: Callable[[], Any],
         *,
+        on_sweep: Callable[[], Any] | None = None,
         database_url: str,
         notify_channel: str,
         sweep_interval: float,
     ) -> None:
         self.wake = wake
+        self.on_sweep = on_sweep
         self.database_url = database_url
         self.notify_channel = notify_channel
         self.sweep_interval = sweep_interval
@@ -92,7 +95,7 @@ class DrainWaker(Middleware):
                     self._listen_and_wake()
                 else:
                     self._stop.wait(self.sweep_interval)
-                    self._send()
+                    self._sweep()
             except Exception:
                 logger.warning("drain waker failed; retrying in a second", exc_info=True)
                 self._stop.wait(1.0)
@@ -115,9 +118,20 @@ class DrainWaker(Middleware):
                     connection.poll()
                     # Coalesce: every notification that arrived is one wake-up.
                     connection.notifies.clear()
-                self._send()
+                    self._send()
+                else:
+                    self._sweep()
         finally:
             listener_db.close()
+
+    def _sweep(self) -> None:
+        self._send()
+        if self.on_sweep is None:
+            return
+        try:
+            self.on_sweep()
+        except Exception:
+            logger.warning("the periodic sweep failed", exc_info=True)
 
     def _send(self) -> None:
         try:

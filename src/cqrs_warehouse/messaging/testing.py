@@ -23,7 +23,7 @@ import peewee
 
 from . import outbox
 from .database import BaseModel
-from .listeners import apply_message
+from .listeners import Outcome, apply_message
 from .message import Message
 from .outbox import OutboxRecord, decode_record
 from .routing import ListenerSpec
@@ -62,11 +62,15 @@ def feed(
     message: Message,
     registry: SchemaRegistry | None = None,
 ) -> bool:
-    """Apply ``message`` to one listener as its actor would; False if skipped."""
+    """Apply ``message`` to one listener as its actor would.
+
+    True if it was applied now; False if it was skipped (a duplicate, not
+    bound) or held until its predecessor in its stream is applied.
+    """
     if not isinstance(listener, ListenerSpec):
         name = f"{listener.__module__}:{listener.__qualname__}"[-100:]
         listener = ListenerSpec(name=name, handler_path="", handler=listener, bindings=("#",))
-    return apply_message(listener, round_trip(message, registry))
+    return apply_message(listener, round_trip(message, registry)) == Outcome.APPLIED
 
 
 def eventually(assertion: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05) -> T:

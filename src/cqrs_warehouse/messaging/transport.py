@@ -15,15 +15,18 @@ the payload in base64, since Dramatiq's messages are JSON.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import dramatiq
+import peewee
 import pika
 import pika.exceptions
 
+from .database import BaseModel
 from .errors import PayloadDecodeError, PublishError
 from .message import Message, routing_key_for
 from .outbox import OutboxRecord
@@ -62,6 +65,18 @@ def envelope_from_amqp(properties: pika.BasicProperties, body: bytes) -> dict[st
     }
 
 
+def envelope_from_held(held: Any) -> dict[str, Any]:
+    """The envelope of a HeldMessage (listener_state), to send it again."""
+    return {
+        "id": held.message_id,
+        "type": held.type,
+        "schema_version": held.schema_version,
+        "payload": base64.b64encode(bytes(held.payload)).decode("ascii"),
+        "stream": held.stream,
+        "position": held.position,
+    }
+
+
 def message_from_envelope(envelope: dict[str, Any], registry: SchemaRegistry) -> Message:
     """Decode and validate; raises a SchemaError for anything malformed."""
     try:
@@ -84,8 +99,34 @@ def message_from_envelope(envelope: dict[str, Any], registry: SchemaRegistry) ->
 
 
 class Publisher(Protocol):
-    def publish(self, records: Sequence[OutboxRecord]) -> None:
-        """Publish every record; return only once the broker has accepted them all."""
+    def publish(self, records: Sequence[OutboxRecord]) -> Callable[[], None] | None:
+        """Publish every record; return only once the broker has accepted them all.
+
+        May return an action to run once the drain's transaction has committed.
+        """
+
+
+def send_to_actor(broker: dramatiq.Broker, actor_name: str, envelope: dict[str, Any]) -> None:
+    """Enqueue ``envelope`` for one listener actor, bypassing the exchange."""
+    actor = broker.get_actor(actor_name)
+    broker.enqueue(actor.message_with_options(args=(envelope,), message_id=str(envelope["id"])))
+
+
+class Delivery(BaseModel):
+    """A message handed to a listener on the in-process broker, until it is done.
+
+    The in-process broker keeps its queues in memory; these rows, written in
+    the drain's transaction, are what survives a crash: on start-up every
+    remaining delivery is handed over again (listeners skip what they had
+    already applied).
+    """
+
+    id = peewee.BigAutoField()
+    listener = peewee.CharField(max_length=100)
+    envelope = peewee.TextField()
+
+    class Meta:
+        table_name = "messaging_deliveries"
 
 
 class InProcessPublisher:
@@ -96,15 +137,41 @@ class InProcessPublisher:
         self.routing = routing
         self.actors = actors  # listener name -> actor name
 
-    def publish(self, records: Sequence[OutboxRecord]) -> None:
+    def publish(self, records: Sequence[OutboxRecord]) -> Callable[[], None]:
+        deliveries = []
         for record in records:
             key = routing_key_for(record.type, record.schema_version)
-            envelope = envelope_from_record(record)
             for spec in self.routing.listeners_for(key):
-                actor = self.broker.get_actor(self.actors[spec.name])
-                self.broker.enqueue(
-                    actor.message_with_options(args=(envelope,), message_id=record.message_id)
-                )
+                envelope = envelope_from_record(record)
+                delivery = Delivery.create(listener=spec.name, envelope=json.dumps(envelope))
+                deliveries.append((spec.name, {**envelope, "delivery": delivery.id}))
+
+        def hand_over() -> None:
+            for listener, envelope in deliveries:
+                self.send(listener, envelope)
+
+        return hand_over
+
+    def send(self, listener: str, envelope: dict[str, Any]) -> None:
+        send_to_actor(self.broker, self.actors[listener], envelope)
+
+    def send_durably(self, listener: str, envelope: dict[str, Any]) -> None:
+        """``send``, recorded as a delivery first (call inside a transaction)."""
+        plain = {k: v for k, v in envelope.items() if k != "delivery"}
+        delivery = Delivery.create(listener=listener, envelope=json.dumps(plain))
+        self.send(listener, {**plain, "delivery": delivery.id})
+
+    def delivered(self, envelope: dict[str, Any]) -> None:
+        delivery = envelope.get("delivery")
+        if isinstance(delivery, int):
+            Delivery.delete().where(Delivery.id == delivery).execute()
+
+    def redeliver_pending(self) -> int:
+        """Hand over again every delivery a previous run left unfinished."""
+        pending = list(Delivery.select().order_by(Delivery.id))
+        for delivery in pending:
+            self.send(delivery.listener, {**json.loads(delivery.envelope), "delivery": delivery.id})
+        return len(pending)
 
 
 class RabbitmqPublisher:

@@ -1,0 +1,154 @@
+"""What each listener remembers about the messages it received, in the
+listener's own transaction: applied ids, the position applied per stream, and
+messages held until their predecessors are applied. Owned by the messaging
+core; used by listeners.py and dead_letters.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import peewee
+
+from .database import BaseModel, database, is_postgres
+from .message import Message
+from .schemas import SchemaRegistry
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+class ProcessedMessage(BaseModel):
+    """Ids of messages without a stream position that each listener applied."""
+
+    listener = peewee.CharField(max_length=100)
+    message_id = peewee.CharField(max_length=36)
+
+    class Meta:
+        table_name = "messaging_processed_messages"
+        primary_key = peewee.CompositeKey("listener", "message_id")
+
+
+class StreamPosition(BaseModel):
+    """The last position of each stream a listener applied."""
+
+    listener = peewee.CharField(max_length=100)
+    stream = peewee.CharField(max_length=255)
+    position = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "messaging_stream_positions"
+        primary_key = peewee.CompositeKey("listener", "stream")
+
+
+class HeldMessage(BaseModel):
+    """A message that arrived before its predecessor in its stream."""
+
+    listener = peewee.CharField(max_length=100)
+    stream = peewee.CharField(max_length=255)
+    position = peewee.BigIntegerField()
+    message_id = peewee.CharField(max_length=36)
+    type = peewee.CharField(max_length=255)
+    schema_version = peewee.IntegerField()
+    payload = peewee.BlobField()
+    held_at = peewee.DateTimeField(default=_utcnow)
+
+    class Meta:
+        table_name = "messaging_held_messages"
+        primary_key = peewee.CompositeKey("listener", "stream", "position")
+
+    def to_message(self, registry: SchemaRegistry) -> Message:
+        return Message(
+            id=self.message_id,
+            type=self.type,
+            schema_version=self.schema_version,
+            payload=registry.decode(self.type, self.schema_version, bytes(self.payload)),
+            stream=self.stream,
+            position=self.position,
+        )
+
+
+def first_time(listener: str, message_id: str) -> bool:
+    """Record ``message_id`` as applied by ``listener``; False if it already was.
+
+    A concurrent delivery of the same id waits on the insert until the first
+    commits, then conflicts.
+    """
+    inserted = (
+        ProcessedMessage.insert(listener=listener, message_id=message_id)
+        .on_conflict_ignore()
+        .as_rowcount()
+        .execute()
+    )
+    return bool(inserted)
+
+
+def lock_position(listener: str, stream: str) -> int:
+    """The position ``listener`` applied in ``stream``, locked until the transaction ends."""
+    StreamPosition.insert(
+        listener=listener, stream=stream, position=0
+    ).on_conflict_ignore().execute()
+    query = StreamPosition.select(StreamPosition.position).where(
+        (StreamPosition.listener == listener) & (StreamPosition.stream == stream)
+    )
+    if is_postgres(database.obj):
+        query = query.for_update()
+    # On SQLite the transaction began IMMEDIATE and holds the database's write lock.
+    return int(query.scalar())
+
+
+def set_position(listener: str, stream: str, position: int) -> None:
+    StreamPosition.update(position=position).where(
+        (StreamPosition.listener == listener) & (StreamPosition.stream == stream)
+    ).execute()
+
+
+def hold(listener: str, message: Message, registry: SchemaRegistry) -> None:
+    assert message.stream is not None and message.position is not None
+    HeldMessage.insert(
+        listener=listener,
+        stream=message.stream,
+        position=message.position,
+        message_id=message.id,
+        type=message.type,
+        schema_version=message.schema_version,
+        payload=registry.encode(message.type, message.schema_version, message.payload),
+    ).on_conflict_ignore().execute()
+
+
+def held_at(listener: str, stream: str, position: int) -> HeldMessage | None:
+    return HeldMessage.get_or_none(
+        (HeldMessage.listener == listener)
+        & (HeldMessage.stream == stream)
+        & (HeldMessage.position == position)
+    )
+
+
+def release(listener: str, stream: str, position: int) -> None:
+    HeldMessage.delete().where(
+        (HeldMessage.listener == listener)
+        & (HeldMessage.stream == stream)
+        & (HeldMessage.position == position)
+    ).execute()
+
+
+def ready_held(limit: int = 500) -> list[HeldMessage]:
+    """Held messages whose predecessor is applied but which are still held
+    (their handler failed when they were up next); oldest first."""
+    query = (
+        HeldMessage.select(HeldMessage)
+        .join(
+            StreamPosition,
+            on=(
+                (StreamPosition.listener == HeldMessage.listener)
+                & (StreamPosition.stream == HeldMessage.stream)
+                & (HeldMessage.position == StreamPosition.position + 1)
+            ),
+        )
+        .order_by(HeldMessage.held_at)
+        .limit(limit)
+    )
+    if is_postgres(database.obj):
+        query = query.for_update(of=HeldMessage, skip_locked=True)
+    return list(query)

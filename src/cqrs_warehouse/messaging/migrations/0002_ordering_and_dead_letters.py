@@ -1,0 +1,82 @@
+"""Per-stream positions and held messages (ordering), dead letters, and the
+embedded broker's durable deliveries."""
+
+import datetime
+
+from peewee import (
+    BigAutoField,
+    BigIntegerField,
+    BlobField,
+    CharField,
+    CompositeKey,
+    DateTimeField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+
+def up(migrator, db):
+    class StreamPosition(Model):
+        listener = CharField(max_length=100)
+        stream = CharField(max_length=255)
+        position = BigIntegerField()
+
+        class Meta:
+            database = db
+            table_name = "messaging_stream_positions"
+            primary_key = CompositeKey("listener", "stream")
+
+    class HeldMessage(Model):
+        listener = CharField(max_length=100)
+        stream = CharField(max_length=255)
+        position = BigIntegerField()
+        message_id = CharField(max_length=36)
+        type = CharField(max_length=255)
+        schema_version = IntegerField()
+        payload = BlobField()
+        held_at = DateTimeField(default=datetime.datetime.utcnow)
+
+        class Meta:
+            database = db
+            table_name = "messaging_held_messages"
+            primary_key = CompositeKey("listener", "stream", "position")
+
+    class DeadLetter(Model):
+        id = BigAutoField()
+        listener = CharField(max_length=100, index=True)
+        message_id = CharField(max_length=36, null=True)
+        type = CharField(max_length=255, null=True)
+        schema_version = IntegerField(null=True)
+        stream = CharField(max_length=255, null=True)
+        position = BigIntegerField(null=True)
+        envelope = TextField()
+        error = TextField()
+        attempts = IntegerField()
+        poison = IntegerField()
+        created_at = DateTimeField(default=datetime.datetime.utcnow)
+
+        class Meta:
+            database = db
+            table_name = "messaging_dead_letters"
+
+    class Delivery(Model):
+        id = BigAutoField()
+        listener = CharField(max_length=100)
+        envelope = TextField()
+
+        class Meta:
+            database = db
+            table_name = "messaging_deliveries"
+
+    db.create_tables([StreamPosition, HeldMessage, DeadLetter, Delivery])
+
+
+def down(migrator, db):
+    for table in (
+        "messaging_deliveries",
+        "messaging_dead_letters",
+        "messaging_held_messages",
+        "messaging_stream_positions",
+    ):
+        db.execute_sql(f"DROP TABLE {table}")
