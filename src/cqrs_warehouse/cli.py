@@ -8,18 +8,23 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import peewee
+
+from . import logs
 from .messaging.errors import MessagingError
 from .settings import Settings, redact_url
 
 logger = logging.getLogger("cqrs_warehouse")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cqrs-warehouse", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     migrate = commands.add_parser(
-        "migrate", help="create or upgrade the database schema (safe to run again)"
+        "migrate",
+        help="apply pending database migrations (safe to run again)",
+        description="Apply every slice's pending migrations, in order, on DATABASE_URL.",
     )
     migrate.add_argument("--status", action="store_true", help="list migrations, apply nothing")
     migrate.set_defaults(run=_migrate)
@@ -46,15 +51,218 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.set_defaults(run=_serve)
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    outbox = commands.add_parser("outbox", help="inspect the outbox").add_subparsers(
+        dest="outbox_command", required=True, metavar="COMMAND"
     )
+    outbox.add_parser(
+        "status",
+        help="rows waiting and the age of the oldest",
+        description="Rows waiting "
+        "in the outbox and the age of the oldest; a growing age means no drain is running.",
+    ).set_defaults(run=_outbox_status)
+
+    letters = commands.add_parser(
+        "dead-letters", help="list, show, replay or discard dead letters"
+    ).add_subparsers(dest="letters_command", required=True, metavar="COMMAND")
+    listing = letters.add_parser(
+        "list", help="list dead letters", description="List dead letters, oldest first."
+    )
+    listing.add_argument("--listener", metavar="NAME", help="only this listener's")
+    listing.set_defaults(run=_letters_list)
+    show = letters.add_parser("show", help="show one dead letter in full")
+    show.add_argument("id", type=int)
+    show.set_defaults(run=_letters_show)
+    replay = letters.add_parser(
+        "replay",
+        help="apply dead letters to their listener again",
+        description="Apply dead letters to their listener again, now, in this process. "
+        "A replayed letter that fails again stays, with the error printed.",
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=int, nargs="?", help="the dead letter to replay")
+    which.add_argument("--all", action="store_true", help="replay every dead letter")
+    replay.add_argument("--listener", metavar="NAME", help="with --all: only this listener's")
+    replay.set_defaults(run=_letters_replay)
+    discard = letters.add_parser(
+        "discard",
+        help="drop a dead letter for good",
+        description="Drop a dead letter; its listener moves past it, so the later "
+        "messages of its stream are applied.",
+    )
+    discard.add_argument("id", type=int)
+    discard.set_defaults(run=_letters_discard)
+
+    routes = commands.add_parser("routes", help="explain and lint listeners.yaml").add_subparsers(
+        dest="routes_command", required=True, metavar="COMMAND"
+    )
+    explain = routes.add_parser(
+        "explain", help="which listeners receive a routing key, and through which binding"
+    )
+    explain.add_argument(
+        "routing_key", metavar="ROUTING_KEY", help="e.g. Warehouse.Events.ProductQuantityShipped.v1"
+    )
+    explain.set_defaults(run=_routes_explain)
+    routes.add_parser(
+        "lint",
+        help="events no listener receives, bindings no event matches",
+        description="Compare listeners.yaml with schemas/: list the events in schemas/ that "
+        "no listener receives, and the bindings that match no event. Exits 1 if it finds any.",
+    ).set_defaults(run=_routes_lint)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.configure()
     try:
         return int(args.run(args, Settings.from_env()))
     except MessagingError as error:
         print(f"cqrs-warehouse: {error}", file=sys.stderr)
         return 2
+    except peewee.DatabaseError as error:
+        hint = (
+            " (has `cqrs-warehouse migrate` run?)"
+            if "no such table" in str(error) or ("does not exist" in str(error))
+            else ""
+        )
+        print(f"cqrs-warehouse: database error: {error}{hint}", file=sys.stderr)
+        return 2
+
+
+def _runtime(settings: Settings) -> Any:
+    from .bootstrap import bootstrap
+
+    return bootstrap(settings, allow_in_process_broker=True)
+
+
+def _outbox_status(args: argparse.Namespace, settings: Settings) -> int:
+    from .messaging import outbox
+    from .messaging.database import open_database
+
+    with open_database(settings.database_url).connection_context():
+        count, age = outbox.status()
+    print(f"waiting: {count}")
+    print(f"oldest:  {'-' if age is None else f'{age:.1f}s'}")
+    return 0
+
+
+def _letters_list(args: argparse.Namespace, settings: Settings) -> int:
+    from .messaging import dead_letters
+    from .messaging.database import open_database
+
+    with open_database(settings.database_url).connection_context():
+        letters = dead_letters.list_letters(args.listener)
+    if not letters:
+        print("no dead letters")
+        return 0
+    print(f"{'ID':>6}  {'LISTENER':<30} {'TYPE':<45} {'ATTEMPTS':>8}  ERROR")
+    for letter in letters:
+        kind = f"{letter.type or '?'} v{letter.schema_version or '?'}"
+        error = letter.error if len(letter.error) <= 60 else letter.error[:57] + "..."
+        print(f"{letter.id:>6}  {letter.listener:<30} {kind:<45} {letter.attempts:>8}  {error}")
+    return 0
+
+
+def _letters_show(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from .messaging import dead_letters
+    from .messaging.database import open_database
+
+    with open_database(settings.database_url).connection_context():
+        letter = dead_letters.DeadLetter.get_or_none(dead_letters.DeadLetter.id == args.id)
+    if letter is None:
+        print(f"cqrs-warehouse: no dead letter {args.id}", file=sys.stderr)
+        return 1
+    shown = {
+        "id": letter.id,
+        "listener": letter.listener,
+        "message_id": letter.message_id,
+        "type": letter.type,
+        "schema_version": letter.schema_version,
+        "stream": letter.stream,
+        "position": letter.position,
+        "attempts": letter.attempts,
+        "poison": bool(letter.poison),
+        "created_at": letter.created_at.isoformat() if letter.created_at else None,
+        "error": letter.error,
+        "envelope": letter.envelope_dict,
+    }
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def _letters_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from .messaging import dead_letters
+
+    runtime = _runtime(settings)
+    with runtime.database.connection_context():
+        if args.all:
+            ids = [letter.id for letter in dead_letters.list_letters(args.listener)]
+        else:
+            if dead_letters.DeadLetter.get_or_none(dead_letters.DeadLetter.id == args.id) is None:
+                print(f"cqrs-warehouse: no dead letter {args.id}", file=sys.stderr)
+                return 1
+            ids = [args.id]
+        failed = 0
+        for letter_id in tqdm(ids, unit="letter", disable=not sys.stderr.isatty()):
+            try:
+                outcome = dead_letters.replay(letter_id, runtime.routing, runtime.registry)
+            except Exception as error:
+                failed += 1
+                print(f"{letter_id}: failed again, kept: {type(error).__name__}: {error}")
+            else:
+                print(f"{letter_id}: {outcome}")
+    return 1 if failed else 0
+
+
+def _letters_discard(args: argparse.Namespace, settings: Settings) -> int:
+    from .messaging import dead_letters
+    from .messaging.database import open_database
+
+    with open_database(settings.database_url).connection_context():
+        if dead_letters.DeadLetter.get_or_none(dead_letters.DeadLetter.id == args.id) is None:
+            print(f"cqrs-warehouse: no dead letter {args.id}", file=sys.stderr)
+            return 1
+        dead_letters.discard(args.id)
+    print(f"{args.id}: discarded")
+    return 0
+
+
+def _routes_explain(args: argparse.Namespace, settings: Settings) -> int:
+    from .messaging.routing import explain, load_routing
+
+    routing = load_routing(settings.listeners_config)
+    rows = explain(routing, args.routing_key)
+    receivers = [(name, binding) for name, binding in rows if binding is not None]
+    for name, binding in rows:
+        verdict = f"receives (binding {binding!r})" if binding else "does not receive"
+        print(f"{name}: {verdict}")
+    if not receivers:
+        print(f"no listener receives {args.routing_key}")
+    return 0
+
+
+def _routes_lint(args: argparse.Namespace, settings: Settings) -> int:
+    from .messaging.message import routing_key_for
+    from .messaging.routing import lint, load_routing
+    from .messaging.schemas import SchemaRegistry
+
+    routing = load_routing(settings.listeners_config)
+    keys = [routing_key_for(t, v) for t, v in SchemaRegistry(settings.schemas_dir).available()]
+    unreceived, unused = lint(routing, keys)
+    for key in unreceived:
+        print(f"event received by no listener: {key}")
+    for name, binding in unused:
+        print(f"binding matching no event in {settings.schemas_dir}: {name}: {binding!r}")
+    if not unreceived and not unused:
+        print(
+            f"{len(keys)} events, {len(routing.listeners)} listeners: every event is "
+            "received and every binding matches an event"
+        )
+    return 1 if unreceived or unused else 0
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,7 +293,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     # Refuse a bad listeners.yaml or environment before starting anything.
     from .messaging.routing import load_routing
-    from .web import build_app
+    from .web import app_for
 
     load_routing(settings.listeners_config)
     db = open_database(settings.database_url)
@@ -112,7 +320,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             redact_url(settings.database_url),
             redact_url(settings.broker_url) if settings.broker_url else "in-process",
         )
-        return build_app()
+        return app_for(runtime)
 
     def stop_worker(*_: Any) -> None:
         worker = state.pop("worker", None)

@@ -24,12 +24,14 @@ class Settings:
     low_quantity_threshold: int = 5
     sweep_interval: float = 2.0
     drain_batch_size: int = 500
+    api_token: str | None = None
+    max_body_bytes: int = 16384
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         prefix = env.get("QUEUE_PREFIX", "")
-        if not _QUEUE_PREFIX.match(prefix):
+        if not _QUEUE_PREFIX.fullmatch(prefix):
             raise ConfigurationError(
                 f"QUEUE_PREFIX={prefix!r}: must start with a letter or '_' and hold only "
                 "letters, digits, '.', '_' and '-' (at most 64)"
@@ -46,6 +48,8 @@ class Settings:
             low_quantity_threshold=_number(env, "LOW_QUANTITY_THRESHOLD", 5, int, minimum=0),
             sweep_interval=_number(env, "OUTBOX_SWEEP_INTERVAL", 2.0, float, minimum=0.05),
             drain_batch_size=_number(env, "OUTBOX_BATCH_SIZE", 500, int, minimum=1),
+            api_token=env.get("API_TOKEN") or None,
+            max_body_bytes=_number(env, "MAX_BODY_BYTES", 16384, int, minimum=64),
         )
 
     @property

@@ -6,8 +6,22 @@ reads the settings and listeners.yaml; it connects to nothing until the
 worker runs.
 """
 
+import sys
+
+from dramatiq.middleware.prometheus import Prometheus
+
+from . import logs
 from .bootstrap import bootstrap
+from .messaging.errors import MessagingError
 from .settings import Settings
 
-runtime = bootstrap(Settings.from_env())
+logs.configure()
+try:
+    runtime = bootstrap(Settings.from_env())
+except MessagingError as error:
+    # One clear line instead of an import traceback from dramatiq.
+    print(f"cqrs-warehouse worker: {error}", file=sys.__stderr__, flush=True)
+    raise SystemExit(2) from None
 broker = runtime.broker
+# Metrics of every worker process, served by dramatiq on dramatiq_prom_port (9191).
+broker.add_middleware(Prometheus())

@@ -6,6 +6,8 @@ SQLite and PostgreSQL; no broker.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cqrs_warehouse.messaging import dead_letters, listener_state
@@ -14,8 +16,9 @@ from cqrs_warehouse.messaging.message import Message
 from cqrs_warehouse.messaging.outbox import OutboxRecord
 from cqrs_warehouse.messaging.routing import ListenerSpec, RetryPolicy
 from cqrs_warehouse.messaging.schemas import SchemaRegistry
-from cqrs_warehouse.messaging.testing import pending_messages, round_trip
+from cqrs_warehouse.messaging.testing import clear_outbox, pending_messages, round_trip
 from cqrs_warehouse.messaging.transport import envelope_from_record
+from cqrs_warehouse.warehouse.commands import increase_product_quantity, ship_product_quantity
 from cqrs_warehouse.warehouse.events import PRODUCT_QUANTITY_INCREASED, PRODUCT_QUANTITY_SHIPPED
 from cqrs_warehouse.warehouse.processors import low_quantity
 from cqrs_warehouse.warehouse.processors.low_quantity import quantity_of
@@ -25,12 +28,15 @@ REGISTRY = SchemaRegistry(SCHEMAS)
 
 
 def event(kind: str, sku: str, quantity: int, position: int) -> Message:
+    """The position-th event of a stream whose events all have ``kind``."""
+    key = f"{kind}.v1"
     return Message(
         type=kind,
         schema_version=1,
         payload={"sku": sku, "quantity": quantity},
         stream=sku,
         position=position,
+        predecessors={key: position - 1} if position > 1 else {},
     )
 
 
@@ -60,6 +66,7 @@ def recorder(name: str, seen: list, *, fail_on: set[int] | None = None, attempts
 
 def envelope_of(message: Message) -> dict:
     record = OutboxRecord(
+        predecessors=json.dumps(message.predecessors),
         message_id=message.id,
         type=message.type,
         schema_version=message.schema_version,
@@ -107,14 +114,14 @@ def test_a_redelivered_message_of_an_applied_position_is_skipped(db, sku):
 
 
 def test_the_notifier_decides_as_serial_processing_does_whatever_the_arrival_order(db, sku):
-    # Commit order: Increased 10, Shipped 4, Shipped 1, Increased 3 (positions 1..4)
-    events = [
-        event(PRODUCT_QUANTITY_INCREASED, sku, 10, 1),
-        event(PRODUCT_QUANTITY_SHIPPED, sku, 4, 2),
-        event(PRODUCT_QUANTITY_SHIPPED, sku, 1, 3),
-        event(PRODUCT_QUANTITY_INCREASED, sku, 3, 4),
-    ]
-    # Arrival order reversed, with a duplicate of the last one
+    # Given the commands commit Increased 10, Shipped 4, Shipped 1, Increased 3
+    increase_product_quantity(sku, 10)
+    ship_product_quantity(sku, 4)
+    ship_product_quantity(sku, 1)
+    increase_product_quantity(sku, 3)
+    events = pending_messages()
+    clear_outbox()
+    # When the notifier receives them reversed, with a duplicate
     for message in [events[3], events[2], events[1], events[2], events[0]]:
         apply_message(notifier(), round_trip(message))
     assert quantity_of(sku) == 8
@@ -206,3 +213,30 @@ def test_replaying_a_dead_letter_applies_it_and_its_held_successors(db, sku):
     assert dead_letters.replay(letter.id, Routing(), REGISTRY) == Outcome.APPLIED
     assert seen == [1, 2]
     assert dead_letters.list_letters("rec") == []
+
+
+def shipped_only(seen: list) -> ListenerSpec:
+    def handle(message: Message) -> None:
+        seen.append((message.position, message.payload["quantity"]))
+
+    return ListenerSpec(
+        name="shipped_only",
+        handler_path="tests:shipped_only",
+        handler=handle,
+        bindings=("Warehouse.Events.ProductQuantityShipped.*",),
+    )
+
+
+def test_a_listener_bound_to_some_events_waits_only_for_the_ones_it_receives(db, sku):
+    # Given Increased 10 (1), Shipped 2 (2), Increased 1 (3), Shipped 3 (4)
+    increase_product_quantity(sku, 10)
+    ship_product_quantity(sku, 2)
+    increase_product_quantity(sku, 1)
+    ship_product_quantity(sku, 3)
+    shipped = [m for m in pending_messages() if m.type == PRODUCT_QUANTITY_SHIPPED]
+    seen: list = []
+    spec = shipped_only(seen)
+    # The second shipment waits for the first, never for the increases
+    assert apply_message(spec, round_trip(shipped[1])) == Outcome.HELD
+    assert apply_message(spec, round_trip(shipped[0])) == Outcome.APPLIED
+    assert seen == [(2, 2), (4, 3)]

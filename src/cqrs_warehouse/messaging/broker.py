@@ -11,11 +11,15 @@ delays, reconnects) stays Dramatiq's own.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
+import pika
+import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
+from dramatiq.common import dq_name
 
 from .transport import envelope_from_amqp
 
@@ -50,3 +54,42 @@ class _EventRoutingConsumer(_RabbitmqConsumer):
                         message_id=envelope["id"] or "",
                     ).encode()
             yield method, properties, body
+
+
+def _short_lived(parameters: Any) -> pika.BlockingConnection:
+    params = parameters[0] if isinstance(parameters, list) else parameters
+    quick = copy.copy(params)
+    quick.connection_attempts = 1
+    quick.socket_timeout = 2
+    quick.blocked_connection_timeout = 2
+    return pika.BlockingConnection(quick)
+
+
+def ping(parameters: Any) -> None:
+    """Raise unless RabbitMQ accepts a connection now."""
+    _short_lived(parameters).close()
+
+
+def queue_depths(parameters: Any, queues: dict[str, str]) -> dict[str, int]:
+    """Messages ready in each queue plus its delay queue: {label: count}.
+
+    Declares passively, so a queue that does not exist yet counts 0 and is
+    not created.
+    """
+    connection = _short_lived(parameters)
+    try:
+        depths = {}
+        for label, queue in queues.items():
+            total = 0
+            for name in (queue, dq_name(queue)):
+                channel = connection.channel()
+                try:
+                    total += channel.queue_declare(queue=name, passive=True).method.message_count
+                except pika.exceptions.ChannelClosedByBroker:
+                    continue  # not declared yet: nothing waits there
+                if channel.is_open:
+                    channel.close()
+            depths[label] = total
+        return depths
+    finally:
+        connection.close()

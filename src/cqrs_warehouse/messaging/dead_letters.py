@@ -125,6 +125,14 @@ def discard(letter_id: int) -> None:
         letter = DeadLetter.get_by_id(letter_id)
         if letter.stream is not None and letter.position is not None:
             applied = listener_state.lock_position(letter.listener, letter.stream)
-            if applied == letter.position - 1:
+            if applied < letter.position:
                 listener_state.set_position(letter.listener, letter.stream, letter.position)
         letter.delete_instance()
+
+
+def counts() -> dict[str, int]:
+    """Dead letters kept, per listener."""
+    query = DeadLetter.select(DeadLetter.listener, peewee.fn.COUNT(DeadLetter.id)).group_by(
+        DeadLetter.listener
+    )
+    return {str(row[0]): int(row[1]) for row in query.tuples().iterator()}

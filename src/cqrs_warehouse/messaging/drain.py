@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from . import context, metrics
 from .database import database, is_postgres
 from .outbox import OutboxRecord
 from .transport import Publisher
@@ -40,7 +41,14 @@ class Drain:
             OutboxRecord.delete().where(OutboxRecord.id.in_([r.id for r in records])).execute()
         if after_commit is not None:
             after_commit()
-        logger.debug("drained %d outbox messages", len(records))
+        metrics.count_published(len(records))
+        for record in records:
+            with context.bound(
+                correlation_id=record.correlation_id,
+                message_id=record.message_id,
+                message_type=record.type,
+            ):
+                logger.info("published %s", record.message_id)
         return len(records)
 
     def _claim(self) -> list[OutboxRecord]:

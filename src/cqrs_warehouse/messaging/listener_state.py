@@ -7,9 +7,11 @@ core; used by listeners.py and dead_letters.py.
 from __future__ import annotations
 
 import datetime
+import json
 
 import peewee
 
+from . import context
 from .database import BaseModel, database, is_postgres
 from .message import Message
 from .schemas import SchemaRegistry
@@ -31,7 +33,7 @@ class ProcessedMessage(BaseModel):
 
 
 class StreamPosition(BaseModel):
-    """The last position of each stream a listener applied."""
+    """The position of the last message of each stream a listener applied."""
 
     listener = peewee.CharField(max_length=100)
     stream = peewee.CharField(max_length=255)
@@ -52,7 +54,10 @@ class HeldMessage(BaseModel):
     type = peewee.CharField(max_length=255)
     schema_version = peewee.IntegerField()
     payload = peewee.BlobField()
+    predecessors = peewee.TextField(null=True)
+    required = peewee.BigIntegerField()  # the position that must be applied first
     held_at = peewee.DateTimeField(default=_utcnow)
+    correlation_id = peewee.CharField(max_length=64, null=True)
 
     class Meta:
         table_name = "messaging_held_messages"
@@ -66,6 +71,7 @@ class HeldMessage(BaseModel):
             payload=registry.decode(self.type, self.schema_version, bytes(self.payload)),
             stream=self.stream,
             position=self.position,
+            predecessors=json.loads(self.predecessors) if self.predecessors else None,
         )
 
 
@@ -104,7 +110,7 @@ def set_position(listener: str, stream: str, position: int) -> None:
     ).execute()
 
 
-def hold(listener: str, message: Message, registry: SchemaRegistry) -> None:
+def hold(listener: str, message: Message, required: int, registry: SchemaRegistry) -> None:
     assert message.stream is not None and message.position is not None
     HeldMessage.insert(
         listener=listener,
@@ -114,14 +120,19 @@ def hold(listener: str, message: Message, registry: SchemaRegistry) -> None:
         type=message.type,
         schema_version=message.schema_version,
         payload=registry.encode(message.type, message.schema_version, message.payload),
+        correlation_id=context.correlation_id.get(),
+        predecessors=json.dumps(message.predecessors) if message.predecessors else None,
+        required=required,
     ).on_conflict_ignore().execute()
 
 
-def held_at(listener: str, stream: str, position: int) -> HeldMessage | None:
-    return HeldMessage.get_or_none(
-        (HeldMessage.listener == listener)
-        & (HeldMessage.stream == stream)
-        & (HeldMessage.position == position)
+def next_held(listener: str, stream: str) -> HeldMessage | None:
+    """The earliest message ``listener`` holds in ``stream``."""
+    return (
+        HeldMessage.select()
+        .where((HeldMessage.listener == listener) & (HeldMessage.stream == stream))
+        .order_by(HeldMessage.position)
+        .first()
     )
 
 
@@ -134,7 +145,7 @@ def release(listener: str, stream: str, position: int) -> None:
 
 
 def ready_held(limit: int = 500) -> list[HeldMessage]:
-    """Held messages whose predecessor is applied but which are still held
+    """Held messages whose predecessors are applied but which are still held
     (their handler failed when they were up next); oldest first."""
     query = (
         HeldMessage.select(HeldMessage)
@@ -143,7 +154,8 @@ def ready_held(limit: int = 500) -> list[HeldMessage]:
             on=(
                 (StreamPosition.listener == HeldMessage.listener)
                 & (StreamPosition.stream == HeldMessage.stream)
-                & (HeldMessage.position == StreamPosition.position + 1)
+                & (HeldMessage.required <= StreamPosition.position)
+                & (HeldMessage.position > StreamPosition.position)
             ),
         )
         .order_by(HeldMessage.held_at)

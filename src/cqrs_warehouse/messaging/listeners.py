@@ -7,9 +7,11 @@ Used by bootstrap. For each message a listener actor:
 2. skips it if none of the listener's bindings match (a stale binding);
 3. runs the handler inside a transaction that also records what it applied:
    a message without a stream is recognised by its id; a message with a
-   stream position is applied only right after its predecessor: an earlier
-   or equal position is a duplicate, a later one is held in the listener's
-   own table and applied in the same transaction as its predecessor;
+   stream position is applied only once the listener has applied every
+   earlier message of its stream that its bindings receive (the message's
+   ``predecessors`` say which): a position at or below the last applied is
+   a duplicate, one that must wait is held in the listener's own table and
+   applied in the same transaction as the message it waited for;
 4. on a handler error, lets Dramatiq retry it with exponential backoff and,
    after the listener's last attempt, stores it as a dead letter. Database
    connection errors are the infrastructure's, not the message's: they are
@@ -27,7 +29,7 @@ import dramatiq
 import peewee
 from dramatiq.middleware import CurrentMessage
 
-from . import dead_letters, listener_state, outbox
+from . import context, dead_letters, listener_state, metrics, outbox
 from .database import database
 from .errors import SchemaError
 from .message import Message
@@ -70,8 +72,9 @@ def apply_message(
         applied = listener_state.lock_position(spec.name, message.stream)
         if message.position <= applied:
             return Outcome.DUPLICATE
-        if message.position > applied + 1:
-            listener_state.hold(spec.name, message, registry)
+        required = required_position(spec, message)
+        if required > applied:
+            listener_state.hold(spec.name, message, required, registry)
             return Outcome.HELD
         spec.handler(message)
         listener_state.release(spec.name, message.stream, message.position)
@@ -80,10 +83,23 @@ def apply_message(
     return Outcome.APPLIED
 
 
+def required_position(spec: ListenerSpec, message: Message) -> int:
+    """The last earlier position of the message's stream that ``spec`` receives."""
+    return max(
+        (last for key, last in (message.predecessors or {}).items() if spec.accepts(key)),
+        default=0,
+    )
+
+
 def _apply_held_successors(
     spec: ListenerSpec, stream: str, applied: int, registry: SchemaRegistry
 ) -> int:
-    while (held := listener_state.held_at(spec.name, stream, applied + 1)) is not None:
+    while (held := listener_state.next_held(spec.name, stream)) is not None:
+        if held.position <= applied:  # a duplicate held before its twin was applied
+            held.delete_instance()
+            continue
+        if held.required > applied:
+            break
         try:
             # A savepoint: a failing successor must not undo its predecessor.
             with database.atomic():
@@ -99,7 +115,7 @@ def _apply_held_successors(
             )
             break
         held.delete_instance()
-        applied += 1
+        applied = held.position
     return applied
 
 
@@ -127,6 +143,32 @@ def run_listener(
     on_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> Outcome | None:
     """What a listener actor does with one delivery; None if it was dead-lettered."""
+    fields = envelope if isinstance(envelope, dict) else {}
+    with context.bound(
+        correlation_id=_text(fields.get("correlation_id")),
+        message_id=_text(fields.get("id")),
+        message_type=_text(fields.get("type")),
+        listener=spec.name,
+    ):
+        try:
+            outcome = _run_listener(spec, envelope, registry, attempt=attempt)
+        except Exception:
+            metrics.count_listener_outcome(spec.name, "retried")
+            raise
+        metrics.count_listener_outcome(spec.name, str(outcome or "dead_lettered"))
+        logger.info("listener %s: %s (attempt %d)", spec.name, outcome or "dead-lettered", attempt)
+    if on_done is not None:
+        on_done(envelope)
+    return outcome
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _run_listener(
+    spec: ListenerSpec, envelope: dict[str, Any], registry: SchemaRegistry, *, attempt: int
+) -> Outcome | None:
     try:
         message = message_from_envelope(envelope, registry)
     except SchemaError as error:
@@ -135,15 +177,21 @@ def run_listener(
     else:
         try:
             outcome = apply_message(spec, message, registry)
-        except CONNECTION_ERRORS:
+        except CONNECTION_ERRORS as error:
+            logger.warning("listener %s: database unavailable, will retry: %r", spec.name, error)
             raise
         except Exception as error:
             if attempt < spec.retry.max_attempts:
+                logger.warning(
+                    "listener %s: attempt %d of %d failed, will retry: %r",
+                    spec.name,
+                    attempt,
+                    spec.retry.max_attempts,
+                    error,
+                )
                 raise
             dead_letters.store(spec.name, envelope, error, attempts=attempt, poison=False)
             outcome = None
-    if on_done is not None:
-        on_done(envelope)
     return outcome
 
 

@@ -16,9 +16,14 @@ class Message:
     """One event: its type, schema version and decoded Avro payload.
 
     ``id`` is unique and stays the same across redeliveries, so a listener
-    can recognise a message it has already applied. ``stream`` and
-    ``position`` are optional: a command that stamps them (e.g. SKU and the
-    SKU's version) lets listeners see the order its events committed in.
+    can recognise a message it has already applied.
+
+    ``stream`` and ``position`` are optional: a command that stamps them
+    (e.g. the SKU and the SKU's version, increasing by one per event in
+    commit order) has listeners apply each stream in that order. The outbox
+    fills in ``predecessors``: for each routing key, the last position
+    before this one in the stream, so a listener bound to some of the
+    stream's events knows which earlier ones it must wait for.
     """
 
     type: str
@@ -27,6 +32,7 @@ class Message:
     id: str = field(default_factory=new_message_id)
     stream: str | None = None
     position: int | None = None
+    predecessors: dict[str, int] | None = None
 
     @property
     def routing_key(self) -> str:

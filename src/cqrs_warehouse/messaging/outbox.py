@@ -8,15 +8,18 @@ a message must commit or roll back with the state change that caused it.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import peewee
 
+from . import context
 from .database import BaseModel, database, is_postgres
-from .errors import ConfigurationError, NotInTransactionError
+from .errors import ConfigurationError, NotInTransactionError, OutboxError
 from .message import Message
 from .schemas import SchemaRegistry
 
@@ -38,9 +41,23 @@ class OutboxRecord(BaseModel):
     stream = peewee.CharField(max_length=255, null=True)
     position = peewee.BigIntegerField(null=True)
     created_at = peewee.DateTimeField(default=_utcnow)
+    correlation_id = peewee.CharField(max_length=64, null=True)
+    predecessors = peewee.TextField(null=True)
 
     class Meta:
         table_name = "messaging_outbox"
+
+
+class StreamHead(BaseModel):
+    """The last position of each routing key in each stream (the write side's)."""
+
+    stream = peewee.CharField(max_length=255)
+    routing_key = peewee.CharField(max_length=255)
+    position = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "messaging_stream_heads"
+        primary_key = peewee.CompositeKey("stream", "routing_key")
 
 
 class Outbox:
@@ -65,13 +82,19 @@ class Outbox:
         self.nudge = nudge
         self._state = threading.local()
 
-    def append(self, message: Message) -> None:
+    def append(self, message: Message) -> Message:
+        """Store ``message``; returns it as listeners will receive it."""
         if not database.in_transaction():
             raise NotInTransactionError(
                 f"outbox append of {message.type} outside a transaction: wrap the command in "
                 "messaging.transaction() so the message commits with its state change"
             )
         data = self.registry.encode(message.type, message.schema_version, message.payload)
+        predecessors = None
+        if message.stream is not None:
+            if message.position is None or message.position < 1:
+                raise OutboxError(f"message {message.id} has a stream but no position >= 1")
+            predecessors = _advance_stream(message.stream, message.routing_key, message.position)
         OutboxRecord.insert(
             message_id=message.id,
             type=message.type,
@@ -79,8 +102,11 @@ class Outbox:
             payload=data,
             stream=message.stream,
             position=message.position,
+            correlation_id=context.correlation_id.get(),
+            predecessors=None if predecessors is None else json.dumps(predecessors),
         ).execute()
         self._state.appended = True
+        return message if predecessors is None else replace(message, predecessors=predecessors)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -106,6 +132,27 @@ class Outbox:
             logger.warning("could not wake the outbox drain; the sweep will", exc_info=True)
 
 
+def _advance_stream(stream: str, routing_key: str, position: int) -> dict[str, int]:
+    """The stream's last position per routing key before ``position``; records
+    ``position`` as the last of ``routing_key``.
+
+    The caller serialises its stream (the warehouse commands hold the SKU's
+    row lock), so reading and advancing the heads cannot interleave.
+    """
+    heads = {
+        key: int(last)
+        for key, last in StreamHead.select(StreamHead.routing_key, StreamHead.position)
+        .where(StreamHead.stream == stream)
+        .tuples()
+        .iterator()
+    }
+    StreamHead.insert(stream=stream, routing_key=routing_key, position=position).on_conflict(
+        conflict_target=[StreamHead.stream, StreamHead.routing_key],
+        update={StreamHead.position: position},
+    ).execute()
+    return {key: last for key, last in heads.items() if last < position}
+
+
 _current: Outbox | None = None
 
 
@@ -121,9 +168,9 @@ def current() -> Outbox:
     return _current
 
 
-def append(message: Message) -> None:
-    """Append ``message`` to the outbox; must run inside a transaction."""
-    current().append(message)
+def append(message: Message) -> Message:
+    """Append ``message`` to the outbox (inside a transaction); returns it as stored."""
+    return current().append(message)
 
 
 @contextmanager
@@ -140,6 +187,18 @@ def pending_records(limit: int | None = None) -> list[OutboxRecord]:
     return list(query)
 
 
+def status() -> tuple[int, float | None]:
+    """How many rows wait in the outbox, and the age in seconds of the oldest."""
+    count, oldest = OutboxRecord.select(
+        peewee.fn.COUNT(OutboxRecord.id), peewee.fn.MIN(OutboxRecord.created_at)
+    ).scalar(as_tuple=True)
+    if not count or oldest is None:
+        return 0, None
+    if isinstance(oldest, str):  # SQLite hands aggregates back as text
+        oldest = datetime.datetime.fromisoformat(oldest)
+    return int(count), max(0.0, (_utcnow() - oldest).total_seconds())
+
+
 def decode_record(record: OutboxRecord, registry: SchemaRegistry) -> Message:
     return Message(
         id=record.message_id,
@@ -148,4 +207,5 @@ def decode_record(record: OutboxRecord, registry: SchemaRegistry) -> Message:
         payload=registry.decode(record.type, record.schema_version, bytes(record.payload)),
         stream=record.stream,
         position=record.position,
+        predecessors=json.loads(record.predecessors) if record.predecessors else None,
     )

@@ -43,7 +43,7 @@ def validate_pattern(pattern: str) -> None:
             continue
         if not word:
             raise ValueError(f"binding {pattern!r} has an empty word")
-        if not _LITERAL_WORD.match(word):
+        if not _LITERAL_WORD.fullmatch(word):
             raise ValueError(
                 f"binding {pattern!r}: '*' and '#' must stand alone as a word, not in {word!r}"
             )
@@ -127,6 +127,25 @@ class RoutingConfig:
         raise KeyError(name)
 
 
+def explain(routing: RoutingConfig, routing_key: str) -> list[tuple[str, str | None]]:
+    """(listener, the first binding that matches ``routing_key`` or None) for every listener."""
+    return [(spec.name, spec.matching_binding(routing_key)) for spec in routing.listeners]
+
+
+def lint(
+    routing: RoutingConfig, routing_keys: list[str]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Routing keys no listener receives, and (listener, binding) pairs matching no key."""
+    unreceived = [key for key in routing_keys if not routing.listeners_for(key)]
+    unused = [
+        (spec.name, binding)
+        for spec in routing.listeners
+        for binding in spec.bindings
+        if not any(topic_matches(binding, key) for key in routing_keys)
+    ]
+    return unreceived, unused
+
+
 def load_routing(path: Path | str) -> RoutingConfig:
     """Read and validate listeners.yaml; import every handler it names."""
     path = Path(path)
@@ -156,7 +175,7 @@ def parse_routing(document: Any, *, source: str) -> RoutingConfig:
         raise fail("exchange", "must be a mapping with 'name' and 'type'")
     _check_keys(exchange_doc, required={"name"}, optional={"type"}, where="exchange", fail=fail)
     name = exchange_doc["name"]
-    if not isinstance(name, str) or not _EXCHANGE_NAME.match(name):
+    if not isinstance(name, str) or not _EXCHANGE_NAME.fullmatch(name):
         raise fail("exchange.name", f"{name!r} is not a valid exchange name")
     exchange_type = exchange_doc.get("type", "topic")
     if exchange_type != "topic":
@@ -187,7 +206,7 @@ def _parse_listener(entry: Any, index: int, fail: Callable[[str, str], Exception
     )
 
     name = entry["name"]
-    if not isinstance(name, str) or not _LISTENER_NAME.match(name):
+    if not isinstance(name, str) or not _LISTENER_NAME.fullmatch(name):
         raise fail(
             where, f"name {name!r} must be letters, digits and '_', not starting with a digit"
         )
@@ -210,7 +229,7 @@ def _parse_listener(entry: Any, index: int, fail: Callable[[str, str], Exception
 
 
 def _import_handler(path: Any, where: str, fail: Callable[[str, str], Exception]) -> Callable:
-    if not isinstance(path, str) or not _HANDLER_PATH.match(path):
+    if not isinstance(path, str) or not _HANDLER_PATH.fullmatch(path):
         raise fail(where, f"handler {path!r} must have the form 'module.path:callable'")
     module_name, _, attribute = path.partition(":")
     try:

@@ -34,7 +34,7 @@ class SchemaRegistry:
         self._lock = threading.Lock()
 
     def schema_path(self, message_type: str, schema_version: int) -> Path:
-        if not _TYPE_NAME.match(message_type) or schema_version < 1:
+        if not _TYPE_NAME.fullmatch(message_type) or schema_version < 1:
             raise UnknownSchemaError(
                 f"not a message type and version: {message_type!r} v{schema_version!r}"
             )
@@ -96,7 +96,7 @@ class SchemaRegistry:
         """Every (type, version) that has a schema file, sorted."""
         found = []
         for path in self.root.rglob("*.avsc"):
-            match = _SCHEMA_FILE.match(path.name)
+            match = _SCHEMA_FILE.fullmatch(path.name)
             if match is None:
                 continue
             folders = path.parent.relative_to(self.root).parts

@@ -53,6 +53,7 @@ def round_trip(message: Message, registry: SchemaRegistry | None = None) -> Mess
         payload=registry.encode(message.type, message.schema_version, message.payload),
         stream=message.stream,
         position=message.position,
+        predecessors=None if message.predecessors is None else json.dumps(message.predecessors),
     )
     return message_from_envelope(envelope_from_record(record), registry)
 
@@ -95,6 +96,7 @@ class WatchedMessage(BaseModel):
     payload = peewee.TextField()
     stream = peewee.CharField(max_length=255, null=True)
     position = peewee.BigIntegerField(null=True)
+    predecessors = peewee.TextField(null=True)
     received_at = peewee.DateTimeField(
         default=lambda: datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     )
@@ -115,6 +117,7 @@ def watch(message: Message) -> None:
         payload=json.dumps(message.payload, sort_keys=True),
         stream=message.stream,
         position=message.position,
+        predecessors=None if message.predecessors is None else json.dumps(message.predecessors),
     )
 
 
@@ -130,6 +133,7 @@ def watched_messages(message_type: str | None = None) -> list[Message]:
             payload=json.loads(row.payload),
             stream=row.stream,
             position=row.position,
+            predecessors=None if row.predecessors is None else json.loads(row.predecessors),
         )
         for row in query
     ]

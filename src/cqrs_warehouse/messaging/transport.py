@@ -47,6 +47,8 @@ def envelope_from_record(record: OutboxRecord) -> dict[str, Any]:
         "payload": base64.b64encode(bytes(record.payload)).decode("ascii"),
         "stream": record.stream,
         "position": record.position,
+        "predecessors": json.loads(record.predecessors) if record.predecessors else None,
+        "correlation_id": record.correlation_id,
     }
 
 
@@ -62,6 +64,8 @@ def envelope_from_amqp(properties: pika.BasicProperties, body: bytes) -> dict[st
         "payload": base64.b64encode(body).decode("ascii"),
         "stream": headers.get("stream"),
         "position": headers.get("position"),
+        "predecessors": headers.get("predecessors"),
+        "correlation_id": properties.correlation_id,
     }
 
 
@@ -74,6 +78,8 @@ def envelope_from_held(held: Any) -> dict[str, Any]:
         "payload": base64.b64encode(bytes(held.payload)).decode("ascii"),
         "stream": held.stream,
         "position": held.position,
+        "predecessors": json.loads(held.predecessors) if held.predecessors else None,
+        "correlation_id": held.correlation_id,
     }
 
 
@@ -88,13 +94,33 @@ def message_from_envelope(envelope: dict[str, Any], registry: SchemaRegistry) ->
         raise PayloadDecodeError(f"malformed envelope: {error!r}") from error
     if not isinstance(message_type, str) or not isinstance(version, int) or not message_id:
         raise PayloadDecodeError(f"malformed envelope: type {message_type!r} v{version!r}")
+    stream, position = envelope.get("stream"), envelope.get("position")
+    predecessors = envelope.get("predecessors")
+    if stream is not None and not (
+        isinstance(stream, str)
+        and isinstance(position, int)
+        and position >= 1
+        and (predecessors is None or _is_position_map(predecessors))
+    ):
+        raise PayloadDecodeError(
+            f"malformed envelope: stream {stream!r} position {position!r} "
+            f"predecessors {predecessors!r}"
+        )
     return Message(
         id=str(message_id),
         type=message_type,
         schema_version=version,
         payload=registry.decode(message_type, version, data),
-        stream=envelope.get("stream"),
-        position=envelope.get("position"),
+        stream=stream,
+        position=position,
+        predecessors=predecessors,
+    )
+
+
+def _is_position_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+        for k, v in value.items()
     )
 
 
@@ -251,10 +277,13 @@ def _properties(record: OutboxRecord) -> pika.BasicProperties:
     if record.stream is not None:
         headers["stream"] = record.stream
         headers["position"] = record.position
+        if record.predecessors:
+            headers["predecessors"] = json.loads(record.predecessors)
     return pika.BasicProperties(
         content_type=AVRO_CONTENT_TYPE,
         delivery_mode=2,
         message_id=record.message_id,
         type=record.type,
+        correlation_id=record.correlation_id,
         headers=headers,
     )

@@ -1,5 +1,6 @@
-"""Per-stream positions and held messages (ordering), dead letters, and the
-embedded broker's durable deliveries."""
+"""Per-stream positions and held messages (ordering), each stream's last
+position per routing key, dead letters, and the embedded broker's durable
+deliveries."""
 
 import datetime
 
@@ -17,6 +18,16 @@ from peewee import (
 
 
 def up(migrator, db):
+    class StreamHead(Model):
+        stream = CharField(max_length=255)
+        routing_key = CharField(max_length=255)
+        position = BigIntegerField()
+
+        class Meta:
+            database = db
+            table_name = "messaging_stream_heads"
+            primary_key = CompositeKey("stream", "routing_key")
+
     class StreamPosition(Model):
         listener = CharField(max_length=100)
         stream = CharField(max_length=255)
@@ -35,6 +46,8 @@ def up(migrator, db):
         type = CharField(max_length=255)
         schema_version = IntegerField()
         payload = BlobField()
+        predecessors = TextField(null=True)
+        required = BigIntegerField()
         held_at = DateTimeField(default=datetime.datetime.utcnow)
 
         class Meta:
@@ -69,7 +82,8 @@ def up(migrator, db):
             database = db
             table_name = "messaging_deliveries"
 
-    db.create_tables([StreamPosition, HeldMessage, DeadLetter, Delivery])
+    migrator.migrate(migrator.add_column("messaging_outbox", "predecessors", TextField(null=True)))
+    db.create_tables([StreamHead, StreamPosition, HeldMessage, DeadLetter, Delivery])
 
 
 def down(migrator, db):
@@ -78,5 +92,7 @@ def down(migrator, db):
         "messaging_dead_letters",
         "messaging_held_messages",
         "messaging_stream_positions",
+        "messaging_stream_heads",
     ):
         db.execute_sql(f"DROP TABLE {table}")
+    migrator.migrate(migrator.drop_column("messaging_outbox", "predecessors"))

@@ -30,7 +30,7 @@ _SKU = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def validate_sku(sku: object) -> str:
-    if not isinstance(sku, str) or not _SKU.match(sku):
+    if not isinstance(sku, str) or not _SKU.fullmatch(sku):
         raise InvalidSkuError(
             f"SKU {sku!r} must be 1 to 64 characters of letters, digits, '-', '_' and '.'"
         )
@@ -79,7 +79,7 @@ def increase_product_quantity(sku: str, quantity: int) -> Message:
             stream=sku,
             position=rows[0][0],
         )
-        outbox.append(message)
+        message = outbox.append(message)
     return message
 
 
@@ -114,7 +114,7 @@ def ship_product_quantity(sku: str, quantity: int) -> Message:
             stream=sku,
             position=rows[0][0],
         )
-        outbox.append(message)
+        message = outbox.append(message)
     return message
 
 
@@ -127,5 +127,5 @@ def notify_low_product_quantity(sku: str, quantity: int) -> Message:
     logger.warning("Low quantity of product %s: %d remaining", sku, quantity)
     message = Message(type=NOTIFIED_LOW_PRODUCT_QUANTITY, schema_version=1, payload={"sku": sku})
     with outbox.transaction():
-        outbox.append(message)
+        message = outbox.append(message)
     return message

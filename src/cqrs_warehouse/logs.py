@@ -1,0 +1,71 @@
+"""Logging for every process: JSON lines when stderr is not a terminal, text
+when it is (LOG_FORMAT=json|text overrides), each line carrying the context
+fields (correlation id, message id and type, listener), and any credentials in
+URLs masked. Called once by the CLI, the web app factory and the worker module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+from .messaging.context import ContextFilter
+
+_FIELDS = "%(correlation_id)s %(message_id)s %(message_type)s %(listener)s"
+_URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
+
+
+class RedactCredentials(logging.Filter):
+    """Masks the password of any URL in a log line (message and arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = _URL_CREDENTIALS.sub(r"\1***@", message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = [
+            f"{name}={getattr(record, name)}"
+            for name in ("correlation_id", "message_id", "message_type", "listener")
+            if getattr(record, name, None)
+        ]
+        return f"{line} [{' '.join(extras)}]" if extras else line
+
+
+def wants_json() -> bool:
+    chosen = os.environ.get("LOG_FORMAT", "").lower()
+    if chosen in ("json", "text"):
+        return chosen == "json"
+    stream = sys.__stderr__
+    return not (stream is not None and stream.isatty())
+
+
+def configure(level: int = logging.INFO) -> None:
+    """Format the root logger's handlers (adding one on stderr if it has none)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler())
+    root.setLevel(level)
+    formatter: logging.Formatter
+    if wants_json():
+        formatter = JsonFormatter(
+            f"%(asctime)s %(levelname)s %(name)s %(message)s {_FIELDS}",
+            rename_fields={"levelname": "level", "name": "logger", "asctime": "time"},
+        )
+    else:
+        formatter = _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in root.handlers:
+        handler.setFormatter(formatter)
+        if not any(isinstance(f, ContextFilter) for f in handler.filters):
+            handler.addFilter(ContextFilter())
+            handler.addFilter(RedactCredentials())
+    logging.getLogger("pika").setLevel(logging.WARNING)

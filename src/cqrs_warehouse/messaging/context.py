@@ -1,0 +1,55 @@
+"""What the current line of work is about, for logs: the correlation id that
+follows a request through the outbox to every listener, and the message and
+listener being handled. Set by the web middleware and the listener runner;
+read by ``ContextFilter`` (installed by ``logs.configure``) and by the
+outbox, which stamps the correlation id on every message it stores.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "correlation_id", default=None
+)
+message_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("message_id", default=None)
+message_type: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "message_type", default=None
+)
+listener: contextvars.ContextVar[str | None] = contextvars.ContextVar("listener", default=None)
+
+_FIELDS = {
+    "correlation_id": correlation_id,
+    "message_id": message_id,
+    "message_type": message_type,
+    "listener": listener,
+}
+
+
+def new_correlation_id() -> str:
+    return uuid.uuid4().hex
+
+
+@contextmanager
+def bound(**values: str | None) -> Iterator[None]:
+    """Set context fields for the duration of a block."""
+    tokens = [(_FIELDS[name], _FIELDS[name].set(value)) for name, value in values.items()]
+    try:
+        yield
+    finally:
+        for variable, token in reversed(tokens):
+            variable.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Adds the context fields to every log record (None when unset)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, variable in _FIELDS.items():
+            if not hasattr(record, name):
+                setattr(record, name, variable.get())
+        return True

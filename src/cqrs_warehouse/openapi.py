@@ -1,0 +1,186 @@
+"""The API's OpenAPI document, served at /openapi.json, and the request-body
+validation derived from it. Used by web.py; kept true by tests/db/test_openapi.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+from jsonschema import Draft202012Validator
+
+from .warehouse.commands import MAX_COMMAND_QUANTITY
+
+SKU_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+def _command(summary: str, event: str, extra_errors: str = "") -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "description": f"Emits {event} v1 in the same transaction as the state change.",
+            "security": [{}, {"bearer": []}],
+            "parameters": [{"$ref": "#/components/parameters/Sku"}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/QuantityCommand"}}
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "Accepted: the state changed and the event is in the outbox.",
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/CommandAccepted"}
+                        }
+                    },
+                },
+                "400": _error("Invalid SKU or quantity" + extra_errors + "; nothing changed."),
+                "401": _error("API_TOKEN is set and the bearer token is missing or wrong."),
+                "405": _error("Method not allowed."),
+                "413": _error("The body is larger than the limit."),
+                "415": _error("The body is not JSON."),
+                "503": _error("The database is unreachable; nothing changed."),
+            },
+        }
+    }
+
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "cqrs-warehouse",
+        "version": "1",
+        "description": "Commands change the warehouse and emit events through a transactional "
+        "outbox; the products view is eventually consistent.",
+    },
+    "paths": {
+        "/warehouse/products": {
+            "get": {
+                "summary": "The products view, sorted by SKU.",
+                "responses": {
+                    "200": {
+                        "description": "Quantity per SKU ([] when empty).",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Product"},
+                                }
+                            }
+                        },
+                    },
+                    "405": _error("Method not allowed."),
+                    "503": _error("The database is unreachable."),
+                },
+            }
+        },
+        "/warehouse/products/{sku}/increase_quantity": _command(
+            "Increase the quantity on hand.",
+            "Warehouse.Events.ProductQuantityIncreased",
+            ", or a stock that would pass 2^63-1",
+        ),
+        "/warehouse/products/{sku}/ship_quantity": _command(
+            "Ship a quantity.",
+            "Warehouse.Events.ProductQuantityShipped",
+            ', or "Insufficient quantity on hand."',
+        ),
+        "/livez": {
+            "get": {
+                "summary": "The process is up.",
+                "responses": {"200": {"description": "Alive."}},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "The database and the broker answer.",
+                "responses": {
+                    "200": {"description": "Ready."},
+                    "503": _error("A dependency does not answer; the title names it."),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics.",
+                "responses": {"200": {"description": "Prometheus text format."}},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document.",
+                "responses": {"200": {"description": "OpenAPI 3.1."}},
+            }
+        },
+    },
+    "components": {
+        "parameters": {
+            "Sku": {
+                "name": "sku",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": SKU_PATTERN},
+            }
+        },
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "QuantityCommand": {
+                "type": "object",
+                "properties": {
+                    "quantity": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_COMMAND_QUANTITY,
+                    }
+                },
+                "required": ["quantity"],
+                "additionalProperties": False,
+            },
+            "CommandAccepted": {
+                "type": "object",
+                "properties": {
+                    "sku": {"type": "string"},
+                    "quantity": {"type": "integer"},
+                    "message_id": {"type": "string"},
+                },
+                "required": ["sku", "quantity", "message_id"],
+            },
+            "Product": {
+                "type": "object",
+                "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}},
+                "required": ["sku", "quantity"],
+            },
+            "Error": {
+                "type": "object",
+                "properties": {"title": {"type": "string"}, "description": {"type": "string"}},
+                "required": ["title"],
+            },
+        },
+    },
+}
+
+
+def _strict_integer(checker: Any, instance: Any) -> bool:
+    # JSON Schema counts 1.0 as an integer; a quantity sent as 1.0 is refused.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_TYPES = Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer)
+_Validator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPES)
+
+
+def request_body_errors(schema_name: str, body: Any) -> list[str]:
+    """Why ``body`` does not fit components/schemas/<schema_name>, one line per problem."""
+    schema = {**DOCUMENT["components"]["schemas"][schema_name], "$defs": {}}
+    validator = _Validator(schema)
+    problems = []
+    for error in sorted(validator.iter_errors(body), key=lambda e: list(e.path)):
+        where = ".".join(str(p) for p in error.path)
+        problems.append(f"{where}: {error.message}" if where else error.message)
+    return problems
