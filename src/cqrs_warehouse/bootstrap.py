@@ -21,7 +21,7 @@ from .messaging import outbox as outbox_module
 from .messaging.broker import EventRoutingRabbitmqBroker
 from .messaging.database import is_postgres, open_database
 from .messaging.drain import Drain
-from .messaging.errors import ConfigurationError
+from .messaging.errors import ConfigurationError, MessagingError
 from .messaging.listeners import (
     build_drain_actor,
     build_listener_actor,
@@ -73,6 +73,14 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
     routing = load_routing(settings.listeners_config)
     db = open_database(settings.database_url)
     registry = SchemaRegistry(settings.schemas_dir)
+    for spec in routing.listeners:
+        for message_type, version in spec.reads.items():
+            try:
+                registry.schema(message_type, version)
+            except MessagingError as error:
+                raise ConfigurationError(
+                    f"listener {spec.name}: its handler reads {message_type} v{version}: {error}"
+                ) from error
     low_quantity.configure(threshold=settings.low_quantity_threshold)
 
     broker: dramatiq.Broker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -68,6 +69,8 @@ def _number(env: Mapping[str, str], key: str, default: Any, kind: type, *, minim
         value = kind(raw)
     except ValueError:
         raise ConfigurationError(f"{key}={raw!r} is not a {kind.__name__}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigurationError(f"{key}={raw!r} must be a finite number")
     if value < minimum:
         raise ConfigurationError(f"{key}={raw!r} must be at least {minimum}")
     return value

@@ -202,6 +202,13 @@ class _OpenApi:
         resp.media = DOCUMENT
 
 
+def _json_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+    # Errors are JSON whatever the client accepts (Falcon would send XML to a
+    # browser, and nothing to a client that accepts only HTML).
+    resp.data = error.to_json()
+    resp.content_type = falcon.MEDIA_JSON
+
+
 def _warehouse_error(
     req: falcon.Request, resp: falcon.Response, error: WarehouseError, params: Any
 ) -> None:
@@ -249,6 +256,7 @@ def build_app(
         _Hardening(api_token=settings.api_token, max_body_bytes=settings.max_body_bytes),
     ]
     app = falcon.App(middleware=middleware)
+    app.set_error_serializer(_json_error)
     app.add_route("/warehouse/products", ProductsResource())
     app.add_route("/warehouse/products/{sku}/increase_quantity", IncreaseQuantityResource())
     app.add_route("/warehouse/products/{sku}/ship_quantity", ShipQuantityResource())

@@ -52,7 +52,8 @@ class HeldMessage(BaseModel):
     position = peewee.BigIntegerField()
     message_id = peewee.CharField(max_length=36)
     type = peewee.CharField(max_length=255)
-    schema_version = peewee.IntegerField()
+    schema_version = peewee.IntegerField()  # the version the listener reads
+    written_version = peewee.IntegerField(null=True)  # when it was written with another
     payload = peewee.BlobField()
     predecessors = peewee.TextField(null=True)
     required = peewee.BigIntegerField()  # the position that must be applied first
@@ -64,6 +65,7 @@ class HeldMessage(BaseModel):
         primary_key = peewee.CompositeKey("listener", "stream", "position")
 
     def to_message(self, registry: SchemaRegistry) -> Message:
+        """The held message, as it was handed to the listener that held it."""
         return Message(
             id=self.message_id,
             type=self.type,
@@ -72,6 +74,7 @@ class HeldMessage(BaseModel):
             stream=self.stream,
             position=self.position,
             predecessors=json.loads(self.predecessors) if self.predecessors else None,
+            written_version=self.written_version,
         )
 
 
@@ -119,6 +122,7 @@ def hold(listener: str, message: Message, required: int, registry: SchemaRegistr
         message_id=message.id,
         type=message.type,
         schema_version=message.schema_version,
+        written_version=message.written_version,
         payload=registry.encode(message.type, message.schema_version, message.payload),
         correlation_id=context.correlation_id.get(),
         predecessors=json.dumps(message.predecessors) if message.predecessors else None,

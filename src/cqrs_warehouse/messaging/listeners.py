@@ -170,7 +170,7 @@ def _run_listener(
     spec: ListenerSpec, envelope: dict[str, Any], registry: SchemaRegistry, *, attempt: int
 ) -> Outcome | None:
     try:
-        message = message_from_envelope(envelope, registry)
+        message = message_from_envelope(envelope, registry, spec.reads)
     except SchemaError as error:
         dead_letters.store(spec.name, envelope, error, attempts=attempt, poison=True)
         outcome = None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 
 def new_message_id() -> str:
@@ -33,11 +34,42 @@ class Message:
     stream: str | None = None
     position: int | None = None
     predecessors: dict[str, int] | None = None
+    #: Set when the payload was resolved from another version than it was
+    #: written with (the handler reads ``schema_version``).
+    written_version: int | None = None
 
     @property
     def routing_key(self) -> str:
-        return routing_key_for(self.type, self.schema_version)
+        """The key it was routed by: its type and the version it was written with."""
+        return routing_key_for(self.type, self.written_version or self.schema_version)
 
 
 def routing_key_for(message_type: str, schema_version: int) -> str:
     return f"{message_type}.v{schema_version}"
+
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def reads(message_type: str, schema_version: int) -> Callable[[H], H]:
+    """Declare that a handler reads ``message_type`` at ``schema_version``.
+
+    Messages of that type written with another version are resolved into it
+    (Avro's reader/writer rules) before the handler sees them. Stack one
+    decorator per type; types not declared are handed over as written.
+    """
+
+    def declare(handler: H) -> H:
+        declared = dict(getattr(handler, READS_ATTRIBUTE, {}))
+        declared[message_type] = schema_version
+        setattr(handler, READS_ATTRIBUTE, declared)
+        return handler
+
+    return declare
+
+
+READS_ATTRIBUTE = "__cqrs_reads__"
+
+
+def declared_reads(handler: Any) -> dict[str, int]:
+    return dict(getattr(handler, READS_ATTRIBUTE, {}))

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import RoutingConfigError
+from .message import declared_reads
 
 _LISTENER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 _EXCHANGE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
@@ -97,6 +98,11 @@ class ListenerSpec:
     handler: Callable[[Any], Any] = field(compare=False, repr=False)
     bindings: tuple[str, ...]
     retry: RetryPolicy = RetryPolicy()
+
+    @property
+    def reads(self) -> dict[str, int]:
+        """The version the handler reads, per message type it declared."""
+        return declared_reads(self.handler)
 
     def accepts(self, routing_key: str) -> bool:
         return any(topic_matches(binding, routing_key) for binding in self.bindings)

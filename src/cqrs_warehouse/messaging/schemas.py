@@ -13,6 +13,7 @@ import io
 import json
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +73,28 @@ class SchemaRegistry:
         fastavro.schemaless_writer(buffer, schema, payload)
         return buffer.getvalue()
 
-    def decode(self, message_type: str, schema_version: int, data: bytes) -> dict[str, Any]:
-        """Read Avro binary written with the schema, refusing anything else."""
-        schema = self.schema(message_type, schema_version)
+    def decode(
+        self,
+        message_type: str,
+        schema_version: int,
+        data: bytes,
+        *,
+        reader_version: int | None = None,
+    ) -> dict[str, Any]:
+        """Read Avro binary written with version ``schema_version``, refusing anything else.
+
+        With ``reader_version``, the record is resolved into that version by
+        Avro's reader/writer schema rules (fields the reader lacks are
+        dropped, fields the writer lacked take their defaults).
+        """
+        writer = self.schema(message_type, schema_version)
+        reader = None
+        if reader_version is not None and reader_version != schema_version:
+            reader = self.schema(message_type, reader_version)
+        schema = reader or writer
         buffer = io.BytesIO(data)
         try:
-            payload = fastavro.schemaless_reader(buffer, schema)
+            payload = fastavro.schemaless_reader(buffer, writer, reader)
         except Exception as error:  # fastavro raises EOFError, ValueError, UnicodeDecodeError...
             raise PayloadDecodeError(
                 f"{message_type} v{schema_version}: payload is not valid Avro binary: {error!r}"
@@ -89,8 +106,41 @@ class SchemaRegistry:
             )
         if not isinstance(payload, dict):
             raise PayloadDecodeError(f"{message_type} v{schema_version}: payload is not a record")
-        self._validate(schema, payload, message_type, schema_version)
+        self._validate(schema, payload, message_type, reader_version or schema_version)
         return payload
+
+    def compatibility_problems(self) -> list[str]:
+        """Pairs of versions of one type whose data the other cannot read.
+
+        Every version must read what every other version of its type writes
+        (old handlers meet new messages, new handlers meet old ones). Each
+        pair is tried on sample records that cover every union branch.
+        """
+        versions: dict[str, list[int]] = {}
+        for message_type, version in self.available():
+            versions.setdefault(message_type, []).append(version)
+        problems = []
+        for message_type, found in sorted(versions.items()):
+            for writer_version in found:
+                writer = self.schema(message_type, writer_version)
+                samples = list(_samples(writer, writer.get("__named_schemas", {})))
+                for reader_version in found:
+                    if reader_version == writer_version:
+                        continue
+                    reader = self.schema(message_type, reader_version)
+                    for sample in samples:
+                        buffer = io.BytesIO()
+                        fastavro.schemaless_writer(buffer, writer, sample)
+                        buffer.seek(0)
+                        try:
+                            fastavro.schemaless_reader(buffer, writer, reader)
+                        except Exception as error:
+                            problems.append(
+                                f"{message_type}: v{reader_version} cannot read what "
+                                f"v{writer_version} writes: {error}"
+                            )
+                            break
+        return problems
 
     def available(self) -> list[tuple[str, int]]:
         """Every (type, version) that has a schema file, sorted."""
@@ -131,3 +181,62 @@ class SchemaRegistry:
             except ValueError:
                 detail = str(error)
             raise PayloadValidationError(f"{where}: {detail}") from error
+
+
+def _samples(schema: Any, named: dict[str, Any]) -> Iterator[Any]:
+    """Records of ``schema`` that between them take every branch of every union."""
+    yield _sample(schema, named, branch=0)
+    for branch in range(1, _widest_union(schema, named, set()) + 1):
+        yield _sample(schema, named, branch=branch)
+
+
+def _widest_union(schema: Any, named: dict[str, Any], seen: set[str]) -> int:
+    if isinstance(schema, list):
+        return max([len(schema) - 1] + [_widest_union(s, named, seen) for s in schema])
+    if isinstance(schema, str):
+        if schema in named and schema not in seen:
+            return _widest_union(named[schema], named, seen | {schema})
+        return 0
+    if isinstance(schema, dict):
+        kind = schema["type"]
+        if kind == "record":
+            return max([0] + [_widest_union(f["type"], named, seen) for f in schema["fields"]])
+        if kind == "array":
+            return _widest_union(schema["items"], named, seen)
+        if kind == "map":
+            return _widest_union(schema["values"], named, seen)
+        return _widest_union(kind, named, seen) if not isinstance(kind, str) else 0
+    return 0
+
+
+_PRIMITIVE_SAMPLES: dict[str, Any] = {
+    "null": None,
+    "boolean": True,
+    "int": 1,
+    "long": 1,
+    "float": 1.0,
+    "double": 1.0,
+    "bytes": b"x",
+    "string": "x",
+}
+
+
+def _sample(schema: Any, named: dict[str, Any], *, branch: int) -> Any:
+    if isinstance(schema, list):
+        return _sample(schema[min(branch, len(schema) - 1)], named, branch=branch)
+    if isinstance(schema, str):
+        if schema in _PRIMITIVE_SAMPLES:
+            return _PRIMITIVE_SAMPLES[schema]
+        return _sample(named[schema], named, branch=branch)
+    kind = schema["type"]
+    if kind == "record":
+        return {f["name"]: _sample(f["type"], named, branch=branch) for f in schema["fields"]}
+    if kind == "enum":
+        return schema["symbols"][0]
+    if kind == "array":
+        return [_sample(schema["items"], named, branch=branch)]
+    if kind == "map":
+        return {"k": _sample(schema["values"], named, branch=branch)}
+    if kind == "fixed":
+        return b"\0" * schema["size"]
+    return _sample(kind, named, branch=branch)

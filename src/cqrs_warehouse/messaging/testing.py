@@ -43,8 +43,13 @@ def clear_outbox() -> None:
     OutboxRecord.delete().execute()
 
 
-def round_trip(message: Message, registry: SchemaRegistry | None = None) -> Message:
-    """``message`` as a listener receives it: encoded, enveloped, decoded and validated."""
+def round_trip(
+    message: Message,
+    registry: SchemaRegistry | None = None,
+    reads: dict[str, int] | None = None,
+) -> Message:
+    """``message`` as a listener receives it: encoded, enveloped, decoded and
+    validated, and resolved into the versions in ``reads``."""
     registry = registry or outbox.current().registry
     record = OutboxRecord(
         message_id=message.id,
@@ -55,7 +60,7 @@ def round_trip(message: Message, registry: SchemaRegistry | None = None) -> Mess
         position=message.position,
         predecessors=None if message.predecessors is None else json.dumps(message.predecessors),
     )
-    return message_from_envelope(envelope_from_record(record), registry)
+    return message_from_envelope(envelope_from_record(record), registry, reads)
 
 
 def feed(
@@ -71,7 +76,8 @@ def feed(
     if not isinstance(listener, ListenerSpec):
         name = f"{listener.__module__}:{listener.__qualname__}"[-100:]
         listener = ListenerSpec(name=name, handler_path="", handler=listener, bindings=("#",))
-    return apply_message(listener, round_trip(message, registry)) == Outcome.APPLIED
+    received = round_trip(message, registry, listener.reads)
+    return apply_message(listener, received, registry) == Outcome.APPLIED
 
 
 def eventually(assertion: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05) -> T:

@@ -80,11 +80,21 @@ def envelope_from_held(held: Any) -> dict[str, Any]:
         "position": held.position,
         "predecessors": json.loads(held.predecessors) if held.predecessors else None,
         "correlation_id": held.correlation_id,
+        # The payload is in the version the listener reads; it was routed by this one.
+        "written_version": held.written_version,
     }
 
 
-def message_from_envelope(envelope: dict[str, Any], registry: SchemaRegistry) -> Message:
-    """Decode and validate; raises a SchemaError for anything malformed."""
+def message_from_envelope(
+    envelope: dict[str, Any],
+    registry: SchemaRegistry,
+    reads: dict[str, int] | None = None,
+) -> Message:
+    """Decode and validate; raises a SchemaError for anything malformed.
+
+    ``reads`` maps types to the version the receiving handler reads; such a
+    message is resolved into that version.
+    """
     try:
         message_type = envelope["type"]
         version = envelope["schema_version"]
@@ -106,11 +116,16 @@ def message_from_envelope(envelope: dict[str, Any], registry: SchemaRegistry) ->
             f"malformed envelope: stream {stream!r} position {position!r} "
             f"predecessors {predecessors!r}"
         )
+    reader_version = (reads or {}).get(message_type, version)
+    routed_version = envelope.get("written_version")
+    if not isinstance(routed_version, int) or isinstance(routed_version, bool):
+        routed_version = version
     return Message(
         id=str(message_id),
         type=message_type,
-        schema_version=version,
-        payload=registry.decode(message_type, version, data),
+        schema_version=reader_version,
+        written_version=routed_version if routed_version != reader_version else None,
+        payload=registry.decode(message_type, version, data, reader_version=reader_version),
         stream=stream,
         position=position,
         predecessors=predecessors,

@@ -45,6 +45,7 @@ def up(migrator, db):
         message_id = CharField(max_length=36)
         type = CharField(max_length=255)
         schema_version = IntegerField()
+        written_version = IntegerField(null=True)
         payload = BlobField()
         predecessors = TextField(null=True)
         required = BigIntegerField()

@@ -4,7 +4,7 @@ threshold. Increases never notify. Run by its listener actor."""
 
 from __future__ import annotations
 
-from cqrs_warehouse.messaging.message import Message
+from cqrs_warehouse.messaging.message import Message, reads
 
 from ...commands import notify_low_product_quantity
 from ...events import PRODUCT_QUANTITY_INCREASED, PRODUCT_QUANTITY_SHIPPED
@@ -20,6 +20,8 @@ def configure(*, threshold: int) -> None:
     _threshold = threshold
 
 
+@reads(PRODUCT_QUANTITY_INCREASED, 1)
+@reads(PRODUCT_QUANTITY_SHIPPED, 1)
 def handle_message(message: Message) -> None:
     if message.type == PRODUCT_QUANTITY_INCREASED:
         _add(message.payload["sku"], message.payload["quantity"])

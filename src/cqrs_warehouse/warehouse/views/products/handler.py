@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from cqrs_warehouse.messaging.message import Message
+from cqrs_warehouse.messaging.database import database, is_postgres
+from cqrs_warehouse.messaging.message import Message, reads
 
 from ...events import PRODUCT_QUANTITY_INCREASED, PRODUCT_QUANTITY_SHIPPED
 from .models import ProductView
 
 
+@reads(PRODUCT_QUANTITY_INCREASED, 1)
+@reads(PRODUCT_QUANTITY_SHIPPED, 1)
 def handle_message(message: Message) -> None:
     if message.type == PRODUCT_QUANTITY_INCREASED:
         _add(message.payload["sku"], message.payload["quantity"])
@@ -23,5 +26,9 @@ def _add(sku: str, delta: int) -> None:
 
 
 def list_products() -> list[dict[str, object]]:
-    query = ProductView.select(ProductView.sku, ProductView.quantity).order_by(ProductView.sku)
+    sku = ProductView.sku
+    # Code-point order on every database: PostgreSQL would otherwise sort by
+    # its (locale-dependent) collation, SQLite by bytes.
+    order = sku.collate('"C"') if is_postgres(database.obj) else sku
+    query = ProductView.select(ProductView.sku, ProductView.quantity).order_by(order)
     return [{"sku": row.sku, "quantity": row.quantity} for row in query]

@@ -1,0 +1,342 @@
+"""The drain and the listener actors on Dramatiq's StubBroker, on SQLite and
+PostgreSQL: the outbox is emptied into exactly the listeners whose bindings
+match, and nothing leaves the outbox unless it was published."""
+
+from __future__ import annotations
+
+import base64
+from collections import defaultdict
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import CurrentMessage
+
+from cqrs_warehouse.messaging import dead_letters, outbox
+from cqrs_warehouse.messaging.drain import Drain
+from cqrs_warehouse.messaging.errors import PublishError
+from cqrs_warehouse.messaging.listeners import build_listener_actor, listener_actor_name
+from cqrs_warehouse.messaging.middleware import DatabaseConnections
+from cqrs_warehouse.messaging.routing import Exchange, ListenerSpec, RetryPolicy, RoutingConfig
+from cqrs_warehouse.messaging.testing import (
+    create_watcher_table,
+    pending_messages,
+    watch,
+    watched_messages,
+)
+from cqrs_warehouse.messaging.transport import Delivery, InProcessPublisher, send_to_actor
+from cqrs_warehouse.warehouse.commands import (
+    increase_product_quantity,
+    notify_low_product_quantity,
+    ship_product_quantity,
+)
+from tests.conftest import unique_name
+
+
+class Rig:
+    """Listener actors for ``specs`` on a fresh StubBroker, its in-process publisher
+    and a drain, wired as bootstrap wires them."""
+
+    def __init__(self, specs: list[ListenerSpec], *, batch_size: int = 500) -> None:
+        self.broker = StubBroker()
+        self.broker.add_middleware(CurrentMessage())
+        self.broker.add_middleware(DatabaseConnections())
+        self.broker.emit_after("process_boot")
+        routing = RoutingConfig(
+            source="test", exchange=Exchange(name="messaging"), listeners=tuple(specs)
+        )
+        self.publisher = InProcessPublisher(
+            self.broker, routing, {spec.name: listener_actor_name(spec) for spec in specs}
+        )
+        prefix = unique_name("q")
+        self.actors = {
+            spec.name: build_listener_actor(
+                self.broker,
+                spec,
+                queue_name=f"{prefix}_{spec.name}",
+                registry=outbox.current().registry,
+                on_done=self.publisher.delivered,
+            )
+            for spec in specs
+        }
+        self.drain = Drain(self.publisher, batch_size=batch_size)
+
+    def process(self) -> None:
+        """Run one worker until every listener queue (and its delay queue) is done."""
+        worker = dramatiq.Worker(self.broker, worker_threads=1, worker_timeout=50)
+        worker.start()
+        try:
+            for actor in self.actors.values():
+                self.broker.join(actor.queue_name)
+            worker.join()
+        finally:
+            worker.stop()
+
+    def close(self) -> None:
+        self.broker.flush_all()
+        self.broker.close()
+
+
+@pytest.fixture
+def rigs(db):
+    built: list[Rig] = []
+
+    def build(specs, **options):
+        rig = Rig(specs, **options)
+        built.append(rig)
+        return rig
+
+    yield build
+    for rig in built:
+        rig.close()
+
+
+def recorder(name, bindings, received, **options):
+    """A listener that appends every message it is handed to ``received[name]``."""
+    return ListenerSpec(
+        name=name,
+        handler_path="tests.db.test_drain:recorder",
+        handler=lambda message: received[name].append(message),
+        bindings=tuple(bindings),
+        **options,
+    )
+
+
+def two_products(sku):
+    """Commands on two SKUs; their messages, in commit order."""
+    other = f"{sku}-b"
+    return [
+        increase_product_quantity(sku, 10),
+        ship_product_quantity(sku, 4),
+        increase_product_quantity(other, 7),
+        notify_low_product_quantity(other, 7),
+        ship_product_quantity(sku, 6),
+    ]
+
+
+# --- routing ----------------------------------------------------------------
+
+
+def test_drain_delivers_each_message_to_exactly_the_listeners_whose_bindings_match(rigs, sku):
+    received = defaultdict(list)
+    rig = rigs(
+        [
+            recorder("shipped_only", ["Warehouse.Events.ProductQuantityShipped.*"], received),
+            recorder("everything", ["#"], received),
+            recorder("other_domain", ["Other.#"], received),
+        ]
+    )
+    sent = two_products(sku)
+    assert rig.drain.run() == len(sent)
+    rig.process()
+    shipments = [m for m in sent if m.type == "Warehouse.Events.ProductQuantityShipped"]
+    assert received["shipped_only"] == shipments
+    assert received["everything"] == sent
+    assert received["other_domain"] == []
+
+
+def test_listener_with_several_bindings_gets_a_matching_message_once(rigs, sku):
+    received = defaultdict(list)
+    rig = rigs([recorder("overlapping", ["#", "Warehouse.#", "*.*.*.v1"], received)])
+    message = increase_product_quantity(sku, 3)
+    rig.drain.run()
+    rig.process()
+    assert received["overlapping"] == [message]
+
+
+def test_drain_empties_the_outbox_and_the_deliveries(rigs, sku):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received), recorder("none", ["Other.#"], received)])
+    two_products(sku)
+    rig.drain.run()
+    assert pending_messages() == []
+    rig.process()
+    assert Delivery.select().count() == 0
+
+
+def test_drain_of_an_empty_outbox_publishes_nothing(rigs):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received)])
+    assert rig.drain.run() == 0
+    rig.process()
+    assert received == {}
+
+
+def test_watch_records_every_delivered_message_with_its_stream_and_position(rigs, sku):
+    create_watcher_table()
+    rig = rigs([ListenerSpec(name="watcher", handler_path="", handler=watch, bindings=("#",))])
+    sent = two_products(sku)
+    rig.drain.run()
+    rig.process()
+    assert watched_messages() == sent
+    assert [(m.stream, m.position) for m in watched_messages()][:2] == [(sku, 1), (sku, 2)]
+
+
+def test_messages_committed_after_a_drain_are_delivered_by_the_next(rigs, sku):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received)])
+    first = increase_product_quantity(sku, 5)
+    rig.drain.run()
+    second = ship_product_quantity(sku, 5)
+    rig.drain.run()
+    rig.process()
+    assert received["everything"] == [first, second]
+    assert pending_messages() == []
+
+
+# --- batches and failures ---------------------------------------------------
+
+
+class CountingPublisher:
+    """Wraps a publisher: records each batch's message ids; can fail from a given call."""
+
+    def __init__(self, inner, *, fail_from_call: int | None = None, fail_after_publish=False):
+        self.inner = inner
+        self.batches: list[list[str]] = []
+        self.fail_from_call = fail_from_call
+        self.fail_after_publish = fail_after_publish
+
+    def publish(self, records):
+        call = len(self.batches) + 1
+        self.batches.append([r.message_id for r in records])
+        if self.fail_from_call is not None and call >= self.fail_from_call:
+            if self.fail_after_publish:
+                # The broker took the messages, then the drain died before deleting.
+                hand_over = self.inner.publish(records)
+                hand_over()
+            raise PublishError("broker did not confirm")
+        return self.inner.publish(records)
+
+
+def test_drain_publishes_in_batches_in_outbox_order(rigs, sku):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received)])
+    counting = CountingPublisher(rig.publisher)
+    sent = two_products(sku)
+    assert Drain(counting, batch_size=2).run() == 5
+    ids = [m.id for m in sent]
+    assert counting.batches == [ids[0:2], ids[2:4], ids[4:5]]
+    assert pending_messages() == []
+    rig.process()
+    assert received["everything"] == sent
+
+
+def test_publisher_that_raises_leaves_every_row_in_the_outbox(rigs, sku):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received)])
+    sent = two_products(sku)
+    failing = CountingPublisher(rig.publisher, fail_from_call=1)
+    with pytest.raises(PublishError):
+        Drain(failing).run()
+    assert pending_messages() == sent
+    assert Delivery.select().count() == 0
+    rig.process()
+    assert received == {}
+
+
+def test_publisher_that_raises_on_a_later_batch_keeps_that_batch_and_the_rest(rigs, sku):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received)])
+    sent = two_products(sku)
+    failing = CountingPublisher(rig.publisher, fail_from_call=2)
+    with pytest.raises(PublishError):
+        Drain(failing, batch_size=2).run()
+    assert pending_messages() == sent[2:]
+    rig.process()
+    assert received["everything"] == sent[:2]
+
+
+def test_failed_drain_is_completed_by_the_next_run(rigs, sku):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received)])
+    sent = two_products(sku)
+    with pytest.raises(PublishError):
+        Drain(CountingPublisher(rig.publisher, fail_from_call=1)).run()
+    assert rig.drain.run() == len(sent)
+    rig.process()
+    assert received["everything"] == sent
+    assert pending_messages() == []
+
+
+def test_republished_batch_after_a_crash_before_delete_is_applied_once(rigs, sku):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received), recorder("shipped", ["#.v1"], received)])
+    sent = two_products(sku)
+    crashing = CountingPublisher(rig.publisher, fail_from_call=1, fail_after_publish=True)
+    with pytest.raises(PublishError):
+        Drain(crashing).run()
+    assert pending_messages() == sent  # published, but not deleted
+    rig.drain.run()
+    rig.process()
+    assert received["everything"] == sent
+    assert received["shipped"] == sent
+    assert pending_messages() == []
+
+
+# --- the listener actor -----------------------------------------------------
+
+
+def test_delivery_that_fails_its_schema_is_dead_lettered_and_never_handed_over(rigs, sku):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received)])
+    envelope = {
+        "id": unique_name("poison"),
+        "type": "Warehouse.Events.ProductQuantityShipped",
+        "schema_version": 1,
+        "payload": base64.b64encode(b"\xff\xff\xff").decode("ascii"),
+        "stream": None,
+        "position": None,
+    }
+    send_to_actor(rig.broker, rig.actors["everything"].actor_name, envelope)
+    rig.process()
+    assert received == {}
+    [letter] = dead_letters.list_letters("everything")
+    assert (letter.message_id, bool(letter.poison), letter.attempts) == (envelope["id"], True, 1)
+
+
+def test_failing_handler_is_retried_by_the_broker_until_its_last_attempt(rigs, sku):
+    attempts = []
+
+    def always_fails(message):
+        attempts.append(message.id)
+        raise RuntimeError("handler is broken")
+
+    spec = ListenerSpec(
+        name="broken",
+        handler_path="",
+        handler=always_fails,
+        bindings=("#",),
+        retry=RetryPolicy(max_attempts=3, min_delay=0.0, max_delay=0.0),
+    )
+    rig = rigs([spec])
+    message = increase_product_quantity(sku, 1)
+    rig.drain.run()
+    rig.process()
+    assert attempts == [message.id] * 3
+    [letter] = dead_letters.list_letters("broken")
+    assert (letter.message_id, bool(letter.poison), letter.attempts) == (message.id, False, 3)
+
+
+def test_handler_that_fails_once_is_applied_on_its_retry(rigs, sku):
+    calls, applied = [], []
+
+    def fails_first(message):
+        calls.append(message.id)
+        if len(calls) == 1:
+            raise RuntimeError("transient")
+        applied.append(message)
+
+    spec = ListenerSpec(
+        name="flaky",
+        handler_path="",
+        handler=fails_first,
+        bindings=("#",),
+        retry=RetryPolicy(max_attempts=3, min_delay=0.0, max_delay=0.0),
+    )
+    rig = rigs([spec])
+    message = increase_product_quantity(sku, 1)
+    rig.drain.run()
+    rig.process()
+    assert calls == [message.id, message.id]
+    assert applied == [message]
+    assert dead_letters.list_letters("flaky") == []

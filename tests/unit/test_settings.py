@@ -1,0 +1,185 @@
+"""Settings from the environment, URL redaction, and bootstrap's refusal to run
+the API or workers without a broker."""
+
+import pytest
+
+from cqrs_warehouse.bootstrap import bootstrap
+from cqrs_warehouse.messaging.errors import ConfigurationError
+from cqrs_warehouse.settings import DEFAULT_DATABASE_URL, Settings, redact_url
+
+ENV_KEYS = (
+    "DATABASE_URL",
+    "BROKER_URL",
+    "LISTENERS_CONFIG",
+    "SCHEMAS_DIR",
+    "QUEUE_PREFIX",
+    "LOW_QUANTITY_THRESHOLD",
+    "OUTBOX_SWEEP_INTERVAL",
+    "OUTBOX_BATCH_SIZE",
+)
+
+
+def test_defaults_are_a_sqlite_file_no_broker_and_the_repositorys_listeners_yaml():
+    settings = Settings.from_env({})
+    assert settings.database_url == DEFAULT_DATABASE_URL
+    assert settings.database_url.startswith("sqlite:///")
+    assert not settings.database_url.endswith(":memory:")
+    assert settings.broker_url is None
+    assert settings.listeners_config == "config/listeners.yaml"
+    assert settings.schemas_dir == "schemas"
+    assert settings.queue_prefix == ""
+    assert settings.low_quantity_threshold == 5
+    assert settings.sweep_interval == 2.0
+    assert settings.drain_batch_size == 500
+
+
+def test_from_env_reads_the_process_environment_by_default(monkeypatch):
+    for key in ENV_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db.example/warehouse")
+    monkeypatch.setenv("QUEUE_PREFIX", "staging_")
+    settings = Settings.from_env()
+    assert settings.database_url == "postgresql://app@db.example/warehouse"
+    assert settings.queue_prefix == "staging_"
+    assert settings.broker_url is None
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "attribute", "value"),
+    [
+        ("DATABASE_URL", "postgresql://u:p@h:5432/d", "database_url", "postgresql://u:p@h:5432/d"),
+        ("DATABASE_URL", "sqlite:////var/lib/w.db", "database_url", "sqlite:////var/lib/w.db"),
+        (
+            "BROKER_URL",
+            "amqp://guest:guest@rabbit:5672/",
+            "broker_url",
+            "amqp://guest:guest@rabbit:5672/",
+        ),
+        ("BROKER_URL", "amqps://u:p@rabbit/vhost", "broker_url", "amqps://u:p@rabbit/vhost"),
+        (
+            "LISTENERS_CONFIG",
+            "/etc/cw/listeners.yaml",
+            "listeners_config",
+            "/etc/cw/listeners.yaml",
+        ),
+        ("SCHEMAS_DIR", "/srv/schemas", "schemas_dir", "/srv/schemas"),
+        ("QUEUE_PREFIX", "test_", "queue_prefix", "test_"),
+        ("QUEUE_PREFIX", "_a.b-c9", "queue_prefix", "_a.b-c9"),
+        ("QUEUE_PREFIX", "p" * 64, "queue_prefix", "p" * 64),
+        ("LOW_QUANTITY_THRESHOLD", "0", "low_quantity_threshold", 0),
+        ("LOW_QUANTITY_THRESHOLD", "12", "low_quantity_threshold", 12),
+        ("OUTBOX_SWEEP_INTERVAL", "0.5", "sweep_interval", 0.5),
+        ("OUTBOX_BATCH_SIZE", "10", "drain_batch_size", 10),
+    ],
+)
+def test_from_env_reads_each_variable(key, raw, attribute, value):
+    assert getattr(Settings.from_env({key: raw}), attribute) == value
+
+
+@pytest.mark.parametrize(
+    ("key", "attribute"),
+    [
+        ("DATABASE_URL", "database_url"),
+        ("BROKER_URL", "broker_url"),
+        ("LISTENERS_CONFIG", "listeners_config"),
+        ("LOW_QUANTITY_THRESHOLD", "low_quantity_threshold"),
+        ("OUTBOX_BATCH_SIZE", "drain_batch_size"),
+    ],
+)
+def test_empty_variable_means_the_default(key, attribute):
+    assert getattr(Settings.from_env({key: ""}), attribute) == getattr(Settings(), attribute)
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["1abc", "has space", "a/b", "a:b", "-a", ".a", "p" * 65, "caf\u00e9", "a\n"],
+    ids=[
+        "digit-first",
+        "space",
+        "slash",
+        "colon",
+        "dash-first",
+        "dot-first",
+        "65",
+        "non-ascii",
+        "newline",
+    ],
+)
+def test_invalid_queue_prefix_is_refused(prefix):
+    with pytest.raises(ConfigurationError, match="QUEUE_PREFIX"):
+        Settings.from_env({"QUEUE_PREFIX": prefix})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://localhost:6379/0", "http://rabbit:15672/", "rabbit:5672", "AMQP-ish", "localhost"],
+)
+def test_broker_url_that_is_not_amqp_is_refused(url):
+    with pytest.raises(ConfigurationError, match="BROKER_URL"):
+        Settings.from_env({"BROKER_URL": url})
+
+
+def test_refused_broker_url_does_not_leak_its_password():
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({"BROKER_URL": "redis://user:s3cret-pw@host:6379/0"})
+    assert "s3cret-pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "raw"),
+    [
+        ("LOW_QUANTITY_THRESHOLD", "-1"),
+        ("LOW_QUANTITY_THRESHOLD", "five"),
+        ("LOW_QUANTITY_THRESHOLD", "1.5"),
+        ("OUTBOX_BATCH_SIZE", "0"),
+        ("OUTBOX_BATCH_SIZE", "many"),
+        ("OUTBOX_SWEEP_INTERVAL", "0"),
+        ("OUTBOX_SWEEP_INTERVAL", "soon"),
+        ("OUTBOX_SWEEP_INTERVAL", "nan"),
+        ("OUTBOX_SWEEP_INTERVAL", "inf"),
+    ],
+)
+def test_invalid_number_is_refused_naming_the_variable(key, raw):
+    with pytest.raises(ConfigurationError, match=key):
+        Settings.from_env({key: raw})
+
+
+def test_queue_names_and_notify_channel_carry_the_prefix():
+    settings = Settings.from_env({"QUEUE_PREFIX": "ci_"})
+    assert settings.queue_name("products_view") == "ci_products_view"
+    assert settings.notify_channel == "ci_outbox"
+    assert Settings().queue_name("products_view") == "products_view"
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("amqp://guest:secret@rabbit:5672/", "amqp://guest:***@rabbit:5672/"),
+        ("amqps://user:p%40ss@rabbit/vhost", "amqps://user:***@rabbit/vhost"),
+        ("postgresql://app:hunter2@db:5432/warehouse", "postgresql://app:***@db:5432/warehouse"),
+        ("postgresql://app:a:b:c@db/warehouse", "postgresql://app:***@db/warehouse"),
+        ("amqp://:secret@rabbit/", "amqp://:***@rabbit/"),
+    ],
+)
+def test_redact_url_hides_the_password(url, redacted):
+    assert redact_url(url) == redacted
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://rabbit:5672/",
+        "amqp://guest@rabbit:5672/",
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        "sqlite:///cqrs-warehouse.db",
+        "sqlite:////tmp/a:b@c.db",
+    ],
+)
+def test_redact_url_leaves_a_url_without_password_unchanged(url):
+    assert redact_url(url) == url
+
+
+def test_bootstrap_without_broker_url_refuses_to_run_the_api_or_workers():
+    settings = Settings(database_url="sqlite:///:memory:", broker_url=None)
+    with pytest.raises(ConfigurationError, match="BROKER_URL"):
+        bootstrap(settings)
