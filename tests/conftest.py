@@ -95,7 +95,6 @@ def postgres_databases() -> Iterator[PostgresDatabases]:
     databases.drop_all()
 
 
-
 @pytest.fixture(scope="session")
 def _migrated(
     tmp_path_factory: pytest.TempPathFactory, postgres_databases: PostgresDatabases
