@@ -17,6 +17,7 @@ import peewee
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 
+from .messaging import listeners as listeners_module
 from .messaging import outbox as outbox_module
 from .messaging.broker import EventRoutingRabbitmqBroker
 from .messaging.database import is_postgres, open_database
@@ -133,6 +134,7 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
         nudge=None if is_postgres(db) else nudge,
     )
     outbox_module.install(outbox)
+    listeners_module.applied_channel = settings.applied_channel
     waker = DrainWaker(
         nudge,
         on_sweep=lambda: resend_ready_held(send),

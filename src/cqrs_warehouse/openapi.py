@@ -35,6 +35,12 @@ def _command(summary: str, event: str, extra_errors: str = "") -> dict[str, Any]
             "responses": {
                 "200": {
                     "description": "Accepted: the state changed and the event is in the outbox.",
+                    "headers": {
+                        "X-Consistency-Token": {
+                            "description": "Read-your-writes token (also in the body).",
+                            "schema": {"type": "string"},
+                        }
+                    },
                     "content": {
                         "application/json": {
                             "schema": {"$ref": "#/components/schemas/CommandAccepted"}
@@ -52,6 +58,23 @@ def _command(summary: str, event: str, extra_errors: str = "") -> dict[str, Any]
     }
 
 
+_READ_YOUR_WRITES: list[dict[str, Any]] = [
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "A consistency_token from a command: answer once the view applied it.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "X-Consistency-Token",
+        "in": "header",
+        "required": False,
+        "description": "The same token, as a header.",
+        "schema": {"type": "string"},
+    },
+]
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -64,6 +87,7 @@ DOCUMENT: dict[str, Any] = {
         "/warehouse/products": {
             "get": {
                 "summary": "The products view, sorted by SKU.",
+                "parameters": _READ_YOUR_WRITES,
                 "responses": {
                     "200": {
                         "description": "Quantity per SKU ([] when empty).",
@@ -76,8 +100,32 @@ DOCUMENT: dict[str, Any] = {
                             }
                         },
                     },
+                    "400": _error("Invalid consistency token."),
                     "405": _error("Method not allowed."),
-                    "503": _error("The database is unreachable."),
+                    "503": _error(
+                        "The database is unreachable, or the view has not applied the "
+                        "token's write in time (Retry-After)."
+                    ),
+                },
+            }
+        },
+        "/warehouse/products/{sku}": {
+            "get": {
+                "summary": "One SKU of the products view (quantity 0 if never seen).",
+                "parameters": [{"$ref": "#/components/parameters/Sku"}, *_READ_YOUR_WRITES],
+                "responses": {
+                    "200": {
+                        "description": "The SKU's quantity.",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Product"}}
+                        },
+                    },
+                    "400": _error("Invalid SKU or consistency token."),
+                    "405": _error("Method not allowed."),
+                    "503": _error(
+                        "The database is unreachable, or the view has not applied the "
+                        "token's write in time (Retry-After)."
+                    ),
                 },
             }
         },
@@ -148,8 +196,9 @@ DOCUMENT: dict[str, Any] = {
                     "sku": {"type": "string"},
                     "quantity": {"type": "integer"},
                     "message_id": {"type": "string"},
+                    "consistency_token": {"type": "string"},
                 },
-                "required": ["sku", "quantity", "message_id"],
+                "required": ["sku", "quantity", "message_id", "consistency_token"],
             },
             "Product": {
                 "type": "object",

@@ -27,6 +27,7 @@ class Settings:
     drain_batch_size: int = 500
     api_token: str | None = None
     max_body_bytes: int = 16384
+    consistency_timeout: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -51,11 +52,16 @@ class Settings:
             drain_batch_size=_number(env, "OUTBOX_BATCH_SIZE", 500, int, minimum=1),
             api_token=env.get("API_TOKEN") or None,
             max_body_bytes=_number(env, "MAX_BODY_BYTES", 16384, int, minimum=64),
+            consistency_timeout=_number(env, "CONSISTENCY_TIMEOUT", 5.0, float, minimum=0.0),
         )
 
     @property
     def notify_channel(self) -> str:
         return f"{self.queue_prefix}outbox"
+
+    @property
+    def applied_channel(self) -> str:
+        return f"{self.queue_prefix}applied"
 
     def queue_name(self, name: str) -> str:
         return f"{self.queue_prefix}{name}"

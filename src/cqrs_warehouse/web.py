@@ -23,13 +23,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from . import logs
 from .bootstrap import Runtime, bootstrap
 from .messaging import context
+from .messaging.consistency import ConsistencyGate, InvalidConsistencyTokenError
 from .messaging.database import database
 from .messaging.middleware import drop_broken_connection
 from .openapi import DOCUMENT
 from .settings import Settings
 from .warehouse.commands import IncreaseQuantityResource, ShipQuantityResource
 from .warehouse.errors import WarehouseError
-from .warehouse.views.products import ProductsResource
+from .warehouse.views.products import ProductResource, ProductsResource
+from .warehouse.views.products import handle_message as products_handler
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +217,12 @@ def _warehouse_error(
     raise falcon.HTTPBadRequest(title=error.title, description=str(error))
 
 
+def _invalid_token(
+    req: falcon.Request, resp: falcon.Response, error: Exception, params: Any
+) -> None:
+    raise falcon.HTTPBadRequest(title="Invalid consistency token.", description=str(error))
+
+
 def _database_error(
     req: falcon.Request, resp: falcon.Response, error: peewee.DatabaseError, params: Any
 ) -> None:
@@ -247,6 +255,7 @@ def build_app(
     *,
     readiness: dict[str, Check] | None = None,
     collectors: list[Any] | None = None,
+    gate: ConsistencyGate | None = None,
 ) -> falcon.App:
     """The API. ``readiness`` maps part names to checks that raise when the part is down."""
     settings = settings or Settings()
@@ -257,7 +266,9 @@ def build_app(
     ]
     app = falcon.App(middleware=middleware)
     app.set_error_serializer(_json_error)
-    app.add_route("/warehouse/products", ProductsResource())
+    gate = gate or ConsistencyGate(listener="products_view", timeout=settings.consistency_timeout)
+    app.add_route("/warehouse/products", ProductsResource(gate))
+    app.add_route("/warehouse/products/{sku}", ProductResource(gate))
     app.add_route("/warehouse/products/{sku}/increase_quantity", IncreaseQuantityResource())
     app.add_route("/warehouse/products/{sku}/ship_quantity", ShipQuantityResource())
     app.add_route("/livez", _Liveness())
@@ -269,6 +280,7 @@ def build_app(
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(WarehouseError, _warehouse_error)
     app.add_error_handler(peewee.DatabaseError, _database_error)
+    app.add_error_handler(InvalidConsistencyTokenError, _invalid_token)
     return app
 
 
@@ -308,7 +320,17 @@ def app_for(runtime: Runtime) -> falcon.App:
         dead_letters=database_state(dead_letters.counts),
         queue_depths=depths,
     )
-    return build_app(settings, readiness=checks, collectors=[collector])
+    view = next(
+        (spec.name for spec in runtime.routing.listeners if spec.handler is products_handler),
+        "products_view",
+    )
+    gate = ConsistencyGate(
+        listener=view,
+        timeout=settings.consistency_timeout,
+        database_url=settings.database_url,
+        channel=settings.applied_channel,
+    )
+    return build_app(settings, readiness=checks, collectors=[collector], gate=gate)
 
 
 def create_app(settings: Settings | None = None) -> falcon.App:

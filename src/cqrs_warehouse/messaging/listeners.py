@@ -29,7 +29,7 @@ import dramatiq
 import peewee
 from dramatiq.middleware import CurrentMessage
 
-from . import context, dead_letters, listener_state, metrics, outbox
+from . import consistency, context, dead_letters, listener_state, metrics, outbox
 from .database import database
 from .errors import SchemaError
 from .message import Message
@@ -48,6 +48,11 @@ class Outcome(enum.StrEnum):
     DUPLICATE = "duplicate"
     HELD = "held"
     UNBOUND = "unbound"
+
+
+#: The PostgreSQL channel on which listeners announce applied positions
+#: (read-your-writes); bootstrap sets it from QUEUE_PREFIX.
+applied_channel: str | None = None
 
 
 def apply_message(
@@ -80,6 +85,9 @@ def apply_message(
         listener_state.release(spec.name, message.stream, message.position)
         applied = _apply_held_successors(spec, message.stream, message.position, registry)
         listener_state.set_position(spec.name, message.stream, applied)
+        if applied_channel is not None:
+            consistency.notify_applied(applied_channel, spec.name, message.stream, applied)
+    consistency.signal_applied(spec.name, message.stream, applied)
     return Outcome.APPLIED
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import falcon
 
+from ...messaging.consistency import encode_token
 from ...openapi import request_body_errors
 from ..errors import InvalidQuantityError
 from .commands import increase_product_quantity, ship_product_quantity
@@ -32,7 +33,15 @@ class _QuantityCommandResource:
             )
         quantity = body["quantity"]
         message = self.command(sku, quantity)
-        resp.media = {"sku": sku, "quantity": quantity, "message_id": message.id}
+        assert message.stream is not None and message.position is not None
+        token = encode_token(message.stream, message.position)
+        resp.set_header("X-Consistency-Token", token)
+        resp.media = {
+            "sku": sku,
+            "quantity": quantity,
+            "message_id": message.id,
+            "consistency_token": token,
+        }
 
 
 class IncreaseQuantityResource(_QuantityCommandResource):

@@ -4,10 +4,18 @@
 serves it over REST. Only this package touches its table.
 """
 
-from .handler import handle_message, list_products
+from .handler import handle_message, list_products, quantity_of
 from .models import ProductView
-from .resources import ProductsResource
+from .resources import ProductResource, ProductsResource
 
 MODELS = [ProductView]
 
-__all__ = ["MODELS", "ProductView", "ProductsResource", "handle_message", "list_products"]
+__all__ = [
+    "MODELS",
+    "ProductResource",
+    "ProductView",
+    "ProductsResource",
+    "handle_message",
+    "list_products",
+    "quantity_of",
+]

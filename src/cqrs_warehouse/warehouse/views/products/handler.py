@@ -25,6 +25,12 @@ def _add(sku: str, delta: int) -> None:
     ).execute()
 
 
+def quantity_of(sku: str) -> int:
+    """The view's quantity of ``sku`` (0 for a SKU it never saw)."""
+    row = ProductView.get_or_none(ProductView.sku == sku)
+    return 0 if row is None else int(row.quantity)
+
+
 def list_products() -> list[dict[str, object]]:
     sku = ProductView.sku
     # Code-point order on every database: PostgreSQL would otherwise sort by
