@@ -92,6 +92,36 @@ def _parser() -> argparse.ArgumentParser:
     discard.add_argument("id", type=int)
     discard.set_defaults(run=_letters_discard)
 
+    rebuild = commands.add_parser(
+        "rebuild",
+        help="empty a listener's state and replay the archive to it",
+        description="Empty LISTENER's state and replay the event archive to it alone, while "
+        "live traffic goes on. Needs the archive listener (handler "
+        "cqrs_warehouse.messaging.archive:archive_message) and a 'reset' for LISTENER in "
+        "listeners.yaml.",
+    )
+    rebuild.add_argument("listener", metavar="LISTENER")
+    rebuild.add_argument(
+        "--catch-up-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the archive to receive what LISTENER had (default 60)",
+    )
+    rebuild.set_defaults(run=_rebuild)
+
+    archive = commands.add_parser("archive", help="manage the event archive").add_subparsers(
+        dest="archive_command", required=True, metavar="COMMAND"
+    )
+    prune = archive.add_parser(
+        "prune",
+        help="drop archived messages older than an age",
+        description="Drop archived messages older than DAYS days. A later rebuild replays "
+        "only what is kept.",
+    )
+    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    prune.set_defaults(run=_archive_prune)
+
     routes = commands.add_parser("routes", help="explain and lint listeners.yaml").add_subparsers(
         dest="routes_command", required=True, metavar="COMMAND"
     )
@@ -228,6 +258,63 @@ def _letters_discard(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         dead_letters.discard(args.id)
     print(f"{args.id}: discarded")
+    return 0
+
+
+def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from .messaging.archive import archive_message, rebuild
+
+    runtime = _runtime(settings)
+    try:
+        spec = runtime.routing.listener(args.listener)
+    except KeyError:
+        print(
+            f"cqrs-warehouse: no listener {args.listener!r} in {runtime.routing.source}",
+            file=sys.stderr,
+        )
+        return 2
+    archive = next((s for s in runtime.routing.listeners if s.handler is archive_message), None)
+    if archive is None:
+        print(
+            f"cqrs-warehouse: {runtime.routing.source} declares no archive listener "
+            "(handler cqrs_warehouse.messaging.archive:archive_message)",
+            file=sys.stderr,
+        )
+        return 2
+    bar = tqdm(unit="msg", disable=not sys.stderr.isatty())
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    with runtime.database.connection_context():
+        report = rebuild(
+            spec,
+            archive,
+            runtime.registry,
+            progress=progress,
+            catch_up_timeout=args.catch_up_timeout,
+        )
+    bar.close()
+    print(
+        f"rebuilt {spec.name}: {report.replayed} archived messages replayed, "
+        f"{report.applied} applied, {report.skipped} skipped, {report.failed} dead-lettered"
+    )
+    return 1 if report.failed else 0
+
+
+def _archive_prune(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime
+
+    from .messaging.archive import prune
+    from .messaging.database import open_database
+
+    with open_database(settings.database_url).connection_context():
+        dropped = prune(datetime.timedelta(days=args.older_than))
+    print(f"pruned {dropped} archived messages older than {args.older_than:g} days")
     return 0
 
 

@@ -98,6 +98,8 @@ class ListenerSpec:
     handler: Callable[[Any], Any] = field(compare=False, repr=False)
     bindings: tuple[str, ...]
     retry: RetryPolicy = RetryPolicy()
+    #: Empties the listener's own tables, for ``cqrs-warehouse rebuild``.
+    reset: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def reads(self) -> dict[str, int]:
@@ -208,7 +210,11 @@ def _parse_listener(entry: Any, index: int, fail: Callable[[str, str], Exception
     if isinstance(entry.get("name"), str):
         where = f"{where} ({entry['name']})"
     _check_keys(
-        entry, required={"name", "handler", "bindings"}, optional={"retry"}, where=where, fail=fail
+        entry,
+        required={"name", "handler", "bindings"},
+        optional={"retry", "reset"},
+        where=where,
+        fail=fail,
     )
 
     name = entry["name"]
@@ -229,8 +235,16 @@ def _parse_listener(entry: Any, index: int, fail: Callable[[str, str], Exception
     handler_path = entry["handler"]
     handler = _import_handler(handler_path, where, fail)
     retry = _parse_retry(entry.get("retry"), where, fail)
+    reset = None
+    if "reset" in entry:
+        reset = _import_handler(entry["reset"], f"{where} reset", fail)
     return ListenerSpec(
-        name=name, handler_path=handler_path, handler=handler, bindings=tuple(bindings), retry=retry
+        name=name,
+        handler_path=handler_path,
+        handler=handler,
+        bindings=tuple(bindings),
+        retry=retry,
+        reset=reset,
     )
 
 

@@ -25,6 +25,11 @@ def _add(sku: str, delta: int) -> None:
     ).execute()
 
 
+def reset() -> None:
+    """Empty the view (``cqrs-warehouse rebuild`` then replays the archive)."""
+    ProductView.delete().execute()
+
+
 def quantity_of(sku: str) -> int:
     """The view's quantity of ``sku`` (0 for a SKU it never saw)."""
     row = ProductView.get_or_none(ProductView.sku == sku)
