@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from cqrs_warehouse.messaging.archive import archive_message
 from cqrs_warehouse.messaging.errors import RoutingConfigError
 from cqrs_warehouse.messaging.routing import (
     Exchange,
@@ -15,6 +16,7 @@ from cqrs_warehouse.messaging.routing import (
 )
 from cqrs_warehouse.warehouse.processors import low_quantity
 from cqrs_warehouse.warehouse.views import products
+from cqrs_warehouse.warehouse.views.products.handler import reset as products_reset
 from tests.conftest import ROOT
 
 REAL_CONFIG = ROOT / "config" / "listeners.yaml"
@@ -56,13 +58,17 @@ def test_real_listeners_yaml_declares_the_messaging_topic_exchange():
     assert routing.source == str(REAL_CONFIG)
 
 
-def test_real_listeners_yaml_declares_the_view_and_the_notifier_on_warehouse_events():
+def test_real_listeners_yaml_declares_the_view_the_notifier_and_the_archive():
     routing = load_routing(REAL_CONFIG)
     assert [spec.name for spec in routing.listeners] == [
         "products_view",
         "low_product_quantity_notifier",
+        "archive",
     ]
-    view, notifier = routing.listeners
+    view, notifier, archive = routing.listeners
+    assert archive.handler is archive_message
+    assert archive.bindings == ("#",)
+    assert view.reset is products_reset and notifier.reset is None
     assert view.handler is products.handle_message
     assert view.handler_path == VIEW_HANDLER
     assert notifier.handler is low_quantity.handle_message
@@ -71,7 +77,7 @@ def test_real_listeners_yaml_declares_the_view_and_the_notifier_on_warehouse_eve
     assert view.retry == notifier.retry == RetryPolicy()
 
 
-def test_real_listeners_yaml_routes_every_warehouse_event_to_both_listeners():
+def test_real_listeners_yaml_routes_warehouse_events_to_the_slices_and_all_to_the_archive():
     routing = load_routing(REAL_CONFIG)
     for event in (
         "ProductQuantityIncreased",
@@ -79,8 +85,8 @@ def test_real_listeners_yaml_routes_every_warehouse_event_to_both_listeners():
         "NotifiedLowProductQuantity",
     ):
         names = [spec.name for spec in routing.listeners_for(f"Warehouse.Events.{event}.v1")]
-        assert names == ["products_view", "low_product_quantity_notifier"]
-    assert routing.listeners_for("Other.Events.Thing.v1") == []
+        assert names == ["products_view", "low_product_quantity_notifier", "archive"]
+    assert [spec.name for spec in routing.listeners_for("Other.Events.Thing.v1")] == ["archive"]
 
 
 # --- valid variations -------------------------------------------------------
