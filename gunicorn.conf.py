@@ -8,6 +8,7 @@ Configuration of the service itself comes from the environment
 
 import multiprocessing
 import os
+import tempfile
 
 wsgi_app = "cqrs_warehouse.web:create_app()"
 bind = [os.environ.get("BIND", "127.0.0.1:8000")]
@@ -20,3 +21,23 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 control_socket_disable = True
+
+# Metrics of every gunicorn worker add up in one /metrics (Prometheus's
+# multiprocess mode): each arbiter gets a folder of its own unless one is set.
+_own_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _own_metrics_dir = tempfile.mkdtemp(prefix="cqrs-warehouse-api-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir is not None:
+        import shutil
+
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)

@@ -234,7 +234,9 @@ def _database_error(
             description="The database could not be reached; nothing was changed. Try again.",
             retry_after=1,
         )
-    raise falcon.HTTPInternalServerError(title="Database error.", description=str(error))
+    raise falcon.HTTPInternalServerError(
+        title="Database error.", description="The database refused the request; see the logs."
+    )
 
 
 def _unexpected_error(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any):

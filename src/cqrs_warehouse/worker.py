@@ -6,14 +6,28 @@ reads the settings and listeners.yaml; it connects to nothing until the
 worker runs.
 """
 
+import os
 import sys
+import tempfile
 
-from dramatiq.middleware.prometheus import Prometheus
+# Prometheus's multiprocess mode is chosen when prometheus_client is first
+# imported, so its folder is set before anything imports it. Dramatiq's
+# Prometheus middleware keeps one folder per machine by default; one per
+# installation (QUEUE_PREFIX) keeps several installations' metrics apart.
+_installation = os.environ.get("QUEUE_PREFIX") or "default"
+_metrics_dir = os.environ.setdefault(
+    "dramatiq_prom_db",  # dramatiq's own (lower-case) name
+    os.path.join(tempfile.gettempdir(), f"cqrs-warehouse-{_installation}-metrics"),
+)
+os.makedirs(_metrics_dir, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
-from . import logs
-from .bootstrap import bootstrap
-from .messaging.errors import MessagingError
-from .settings import Settings
+from dramatiq.middleware.prometheus import Prometheus  # noqa: E402
+
+from . import logs  # noqa: E402
+from .bootstrap import bootstrap  # noqa: E402
+from .messaging.errors import MessagingError  # noqa: E402
+from .settings import Settings  # noqa: E402
 
 logs.configure()
 try:
