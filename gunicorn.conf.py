@@ -41,3 +41,24 @@ def on_exit(server):
         import shutil
 
         shutil.rmtree(_own_metrics_dir, ignore_errors=True)
+
+
+def on_starting(server):
+    """Refuse a bad environment or listeners.yaml once, in one line, before any worker boots."""
+    import sys
+
+    from cqrs_warehouse.messaging.errors import ConfigurationError, MessagingError
+    from cqrs_warehouse.messaging.routing import load_routing
+    from cqrs_warehouse.settings import Settings
+
+    try:
+        settings = Settings.from_env()
+        if settings.broker_url is None:
+            raise ConfigurationError(
+                "BROKER_URL is not set. Only `cqrs-warehouse serve` can run on the in-process "
+                "broker; set BROKER_URL=amqp://USER:PASSWORD@HOST:5672/ to run the API."
+            )
+        load_routing(settings.listeners_config)
+    except MessagingError as error:
+        print(f"cqrs-warehouse api: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
