@@ -110,6 +110,14 @@ def _migrated(
     return urls
 
 
+def _tables(database: peewee.Database) -> list[str]:
+    """Every table of the service, qualified by its slice's schema on PostgreSQL."""
+    if not isinstance(database, peewee.PostgresqlDatabase):
+        return [f'"{table}"' for table in database.get_tables()]
+    schemas = ["public", *(slice_.schema for slice_ in migrations.SLICES)]
+    return [f'"{schema}"."{table}"' for schema in schemas for table in database.get_tables(schema)]
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db(request: pytest.FixtureRequest, _migrated: dict[str, str]) -> Iterator[peewee.Database]:
     """The service's database, migrated and emptied, with the outbox installed.
@@ -117,9 +125,9 @@ def db(request: pytest.FixtureRequest, _migrated: dict[str, str]) -> Iterator[pe
     Runs the test once on SQLite and once on PostgreSQL.
     """
     database = open_database(_migrated[request.param])
-    for table in database.get_tables():
-        if not table.endswith("schema_migrations"):
-            database.execute_sql(f'DELETE FROM "{table}"')
+    for table in _tables(database):
+        if not table.endswith('schema_migrations"'):
+            database.execute_sql(f"DELETE FROM {table}")
     outbox.install(Outbox(SchemaRegistry(SCHEMAS), notify_channel=unique_name("test")))
     low_quantity.configure(threshold=low_quantity.DEFAULT_THRESHOLD)
     yield database

@@ -1,7 +1,8 @@
 """``cqrs-warehouse migrate``: each slice's migrations, applied with peewee's runner.
 
 Each slice keeps its migrations in its own ``migrations/`` folder and its
-history in its own table, so removing a slice is removing its folder.
+history in its own table, so removing a slice is removing its folder. On
+PostgreSQL each slice's tables, history included, live in its own schema.
 """
 
 from __future__ import annotations
@@ -23,14 +24,21 @@ _ROOT = Path(__file__).parent
 class Slice:
     name: str
     directory: Path
+    schema: str  # its PostgreSQL schema
 
 
 SLICES = (
-    Slice("messaging", _ROOT / "messaging" / "migrations"),
-    Slice("warehouse_commands", _ROOT / "warehouse" / "commands" / "migrations"),
-    Slice("products_view", _ROOT / "warehouse" / "views" / "products" / "migrations"),
+    Slice("messaging", _ROOT / "messaging" / "migrations", "messaging"),
+    Slice("warehouse_commands", _ROOT / "warehouse" / "commands" / "migrations", "warehouse"),
     Slice(
-        "low_quantity_notifier", _ROOT / "warehouse" / "processors" / "low_quantity" / "migrations"
+        "products_view",
+        _ROOT / "warehouse" / "views" / "products" / "migrations",
+        "products_view",
+    ),
+    Slice(
+        "low_quantity_notifier",
+        _ROOT / "warehouse" / "processors" / "low_quantity" / "migrations",
+        "low_quantity_notifier",
     ),
 )
 
@@ -38,7 +46,12 @@ _LOCK_KEY = 0x6371_7273  # any constant: serialises concurrent `migrate` runs
 
 
 def _runner(db: peewee.Database, slice_: Slice) -> Runner:
-    return Runner(db, str(slice_.directory), table_name=f"{slice_.name}_schema_migrations")
+    return Runner(
+        db,
+        str(slice_.directory),
+        table_name=f"{slice_.name}_schema_migrations",
+        schema=slice_.schema if is_postgres(db) else None,
+    )
 
 
 def migrate(db: peewee.Database) -> list[str]:
@@ -46,6 +59,8 @@ def migrate(db: peewee.Database) -> list[str]:
     applied = []
     with _exclusive(db):
         for slice_ in SLICES:
+            if is_postgres(db):
+                db.execute_sql(f'CREATE SCHEMA IF NOT EXISTS "{slice_.schema}"')
             applied += [f"{slice_.name}/{name}" for name in _runner(db, slice_).up()]
     return applied
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import peewee
 
 from . import dead_letters, listener_state, outbox
-from .database import BaseModel, database, is_postgres
+from .database import BaseModel, database, is_postgres, qualified_name
 from .errors import MessagingError
 from .listeners import apply_message
 from .message import Message
@@ -56,6 +56,7 @@ class ArchivedMessage(BaseModel):
 
     class Meta:
         table_name = "messaging_archive"
+        slice_schema = "messaging"
 
     def envelope(self) -> dict:
         import base64
@@ -166,10 +167,9 @@ def _reset(spec: ListenerSpec) -> _Snapshot:
         if is_postgres(database.obj):
             # Briefly: no listener writes its bookkeeping while this one resets,
             # so the snapshot and the emptied state agree.
-            database.execute_sql(
-                "LOCK TABLE messaging_stream_positions, messaging_held_messages, "
-                "messaging_processed_messages IN EXCLUSIVE MODE"
-            )
+            tables = (State.StreamPosition, State.HeldMessage, State.ProcessedMessage)
+            names = ", ".join(qualified_name(model) for model in tables)
+            database.execute_sql(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
         positions = {
             stream: int(position)
             for stream, position in State.StreamPosition.select(

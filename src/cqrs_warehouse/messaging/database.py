@@ -3,6 +3,10 @@
 Models of every slice bind to ``database`` (a peewee proxy); bootstrap
 initialises it from ``DATABASE_URL`` with peewee's own URL parser. Nothing
 connects at import time.
+
+On PostgreSQL each slice keeps its tables in a schema of its own, named by
+``slice_schema`` in its models' Meta; SQLite has one namespace, so there the
+same tables live side by side (their names carry the slice as a prefix).
 """
 
 from __future__ import annotations
@@ -44,7 +48,25 @@ def open_database(url: str) -> peewee.Database:
         _ensure_parent_directory(url)
     db = connect_url(url, **options)
     database.initialize(db)
+    apply_slice_schemas(db)
     return db
+
+
+def apply_slice_schemas(db: peewee.Database) -> None:
+    """Put every model defined so far in its slice's schema (PostgreSQL) or none."""
+    pending: list[type[peewee.Model]] = [BaseModel]
+    while pending:
+        model = pending.pop()
+        pending.extend(model.__subclasses__())
+        schema = getattr(model._meta, "slice_schema", None)
+        model._meta.schema = schema if is_postgres(db) else None
+
+
+def qualified_name(model: type[peewee.Model]) -> str:
+    """The model's table as SQL: "schema"."table" or "table"."""
+    schema = model._meta.schema
+    table = f'"{model._meta.table_name}"'
+    return f'"{schema}".{table}' if schema else table
 
 
 def is_postgres(db: peewee.Database) -> bool:

@@ -45,6 +45,7 @@ class DeadLetter(BaseModel):
 
     class Meta:
         table_name = "messaging_dead_letters"
+        slice_schema = "messaging"
 
     @property
     def envelope_dict(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class ProcessedMessage(BaseModel):
 
     class Meta:
         table_name = "messaging_processed_messages"
+        slice_schema = "messaging"
         primary_key = peewee.CompositeKey("listener", "message_id")
 
 
@@ -41,6 +42,7 @@ class StreamPosition(BaseModel):
 
     class Meta:
         table_name = "messaging_stream_positions"
+        slice_schema = "messaging"
         primary_key = peewee.CompositeKey("listener", "stream")
 
 
@@ -62,6 +64,7 @@ class HeldMessage(BaseModel):
 
     class Meta:
         table_name = "messaging_held_messages"
+        slice_schema = "messaging"
         primary_key = peewee.CompositeKey("listener", "stream", "position")
 
     def to_message(self, registry: SchemaRegistry) -> Message:

@@ -46,6 +46,7 @@ class OutboxRecord(BaseModel):
 
     class Meta:
         table_name = "messaging_outbox"
+        slice_schema = "messaging"
 
 
 class StreamHead(BaseModel):
@@ -57,6 +58,7 @@ class StreamHead(BaseModel):
 
     class Meta:
         table_name = "messaging_stream_heads"
+        slice_schema = "messaging"
         primary_key = peewee.CompositeKey("stream", "routing_key")
 
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import peewee
 
 from . import outbox
-from .database import BaseModel
+from .database import BaseModel, apply_slice_schemas, database
 from .listeners import Outcome, apply_message
 from .message import Message
 from .outbox import OutboxRecord, decode_record
@@ -109,9 +109,11 @@ class WatchedMessage(BaseModel):
 
     class Meta:
         table_name = "messaging_watched_messages"
+        slice_schema = "messaging"
 
 
 def create_watcher_table() -> None:
+    apply_slice_schemas(database.obj)
     WatchedMessage.create_table(safe=True)
 
 

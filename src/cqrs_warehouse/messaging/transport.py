@@ -168,6 +168,7 @@ class Delivery(BaseModel):
 
     class Meta:
         table_name = "messaging_deliveries"
+        slice_schema = "messaging"
 
 
 class InProcessPublisher:

@@ -11,10 +11,15 @@ from peewee import (
     DateTimeField,
     IntegerField,
     Model,
+    PostgresqlDatabase,
 )
 
 
 def up(migrator, db):
+    slice_schema = "messaging" if isinstance(db, PostgresqlDatabase) else None
+    if slice_schema:
+        db.execute_sql('CREATE SCHEMA IF NOT EXISTS "messaging"')
+
     class OutboxRecord(Model):
         id = BigAutoField()
         message_id = CharField(max_length=36, unique=True)
@@ -27,6 +32,7 @@ def up(migrator, db):
 
         class Meta:
             database = db
+            schema = slice_schema
             table_name = "messaging_outbox"
 
     class ProcessedMessage(Model):
@@ -35,6 +41,7 @@ def up(migrator, db):
 
         class Meta:
             database = db
+            schema = slice_schema
             table_name = "messaging_processed_messages"
             primary_key = CompositeKey("listener", "message_id")
 
@@ -42,5 +49,6 @@ def up(migrator, db):
 
 
 def down(migrator, db):
-    db.execute_sql("DROP TABLE messaging_processed_messages")
-    db.execute_sql("DROP TABLE messaging_outbox")
+    prefix = '"messaging".' if isinstance(db, PostgresqlDatabase) else ""
+    db.execute_sql(f"DROP TABLE {prefix}messaging_processed_messages")
+    db.execute_sql(f"DROP TABLE {prefix}messaging_outbox")

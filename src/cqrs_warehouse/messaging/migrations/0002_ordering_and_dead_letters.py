@@ -13,11 +13,16 @@ from peewee import (
     DateTimeField,
     IntegerField,
     Model,
+    PostgresqlDatabase,
     TextField,
 )
 
 
 def up(migrator, db):
+    slice_schema = "messaging" if isinstance(db, PostgresqlDatabase) else None
+    if slice_schema:
+        db.execute_sql('CREATE SCHEMA IF NOT EXISTS "messaging"')
+
     class StreamHead(Model):
         stream = CharField(max_length=255)
         routing_key = CharField(max_length=255)
@@ -25,6 +30,7 @@ def up(migrator, db):
 
         class Meta:
             database = db
+            schema = slice_schema
             table_name = "messaging_stream_heads"
             primary_key = CompositeKey("stream", "routing_key")
 
@@ -35,6 +41,7 @@ def up(migrator, db):
 
         class Meta:
             database = db
+            schema = slice_schema
             table_name = "messaging_stream_positions"
             primary_key = CompositeKey("listener", "stream")
 
@@ -53,6 +60,7 @@ def up(migrator, db):
 
         class Meta:
             database = db
+            schema = slice_schema
             table_name = "messaging_held_messages"
             primary_key = CompositeKey("listener", "stream", "position")
 
@@ -72,6 +80,7 @@ def up(migrator, db):
 
         class Meta:
             database = db
+            schema = slice_schema
             table_name = "messaging_dead_letters"
 
     class Delivery(Model):
@@ -81,6 +90,7 @@ def up(migrator, db):
 
         class Meta:
             database = db
+            schema = slice_schema
             table_name = "messaging_deliveries"
 
     migrator.migrate(migrator.add_column("messaging_outbox", "predecessors", TextField(null=True)))
@@ -88,6 +98,7 @@ def up(migrator, db):
 
 
 def down(migrator, db):
+    prefix = '"messaging".' if isinstance(db, PostgresqlDatabase) else ""
     for table in (
         "messaging_deliveries",
         "messaging_dead_letters",
@@ -95,5 +106,5 @@ def down(migrator, db):
         "messaging_stream_positions",
         "messaging_stream_heads",
     ):
-        db.execute_sql(f"DROP TABLE {table}")
+        db.execute_sql(f"DROP TABLE {prefix}{table}")
     migrator.migrate(migrator.drop_column("messaging_outbox", "predecessors"))

@@ -10,11 +10,16 @@ from peewee import (
     DateTimeField,
     IntegerField,
     Model,
+    PostgresqlDatabase,
     TextField,
 )
 
 
 def up(migrator, db):
+    slice_schema = "messaging" if isinstance(db, PostgresqlDatabase) else None
+    if slice_schema:
+        db.execute_sql('CREATE SCHEMA IF NOT EXISTS "messaging"')
+
     class ArchivedMessage(Model):
         id = BigAutoField()
         message_id = CharField(max_length=36, unique=True)
@@ -29,10 +34,12 @@ def up(migrator, db):
 
         class Meta:
             database = db
+            schema = slice_schema
             table_name = "messaging_archive"
 
     db.create_tables([ArchivedMessage])
 
 
 def down(migrator, db):
-    db.execute_sql("DROP TABLE messaging_archive")
+    prefix = '"messaging".' if isinstance(db, PostgresqlDatabase) else ""
+    db.execute_sql(f"DROP TABLE {prefix}messaging_archive")

@@ -14,3 +14,4 @@ class ProductStock(BaseModel):
 
     class Meta:
         table_name = "warehouse_product_stock"
+        slice_schema = "warehouse"

@@ -11,3 +11,4 @@ class NotifierProduct(BaseModel):
 
     class Meta:
         table_name = "low_quantity_notifier_products"
+        slice_schema = "low_quantity_notifier"

@@ -11,3 +11,4 @@ class ProductView(BaseModel):
 
     class Meta:
         table_name = "products_view_products"
+        slice_schema = "products_view"
