@@ -41,6 +41,7 @@ from .messaging.transport import (
 )
 from .settings import Settings
 from .warehouse.processors import low_quantity
+from .warehouse.views.products import handle_message as products_handler
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class Runtime:
     listener_actors: dict[str, dramatiq.Actor]
     waker: DrainWaker
     in_process_publisher: InProcessPublisher | None
+    #: The listener that keeps the products view (read-your-writes waits on it).
+    view_listener: str | None
 
     @property
     def in_process(self) -> bool:
@@ -134,7 +137,12 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
         nudge=None if is_postgres(db) else nudge,
     )
     outbox_module.install(outbox)
-    listeners_module.applied_channel = settings.applied_channel
+    view_listener = next(
+        (spec.name for spec in routing.listeners if spec.handler is products_handler), None
+    )
+    listeners_module.announce_applied(
+        settings.applied_channel, {view_listener} if view_listener else set()
+    )
     waker = DrainWaker(
         nudge,
         on_sweep=lambda: resend_ready_held(send),
@@ -155,4 +163,5 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
         listener_actors=listener_actors,
         waker=waker,
         in_process_publisher=in_process,
+        view_listener=view_listener,
     )

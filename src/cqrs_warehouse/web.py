@@ -31,7 +31,6 @@ from .settings import Settings
 from .warehouse.commands import IncreaseQuantityResource, ShipQuantityResource
 from .warehouse.errors import WarehouseError
 from .warehouse.views.products import ProductResource, ProductsResource
-from .warehouse.views.products import handle_message as products_handler
 
 logger = logging.getLogger(__name__)
 
@@ -322,12 +321,8 @@ def app_for(runtime: Runtime) -> falcon.App:
         dead_letters=database_state(dead_letters.counts),
         queue_depths=depths,
     )
-    view = next(
-        (spec.name for spec in runtime.routing.listeners if spec.handler is products_handler),
-        "products_view",
-    )
     gate = ConsistencyGate(
-        listener=view,
+        listener=runtime.view_listener or "products_view",
         timeout=settings.consistency_timeout,
         database_url=settings.database_url,
         channel=settings.applied_channel,

@@ -98,16 +98,19 @@ def first_time(listener: str, message_id: str) -> bool:
 
 def lock_position(listener: str, stream: str) -> int:
     """The position ``listener`` applied in ``stream``, locked until the transaction ends."""
-    StreamPosition.insert(
-        listener=listener, stream=stream, position=0
-    ).on_conflict_ignore().execute()
-    query = StreamPosition.select(StreamPosition.position).where(
-        (StreamPosition.listener == listener) & (StreamPosition.stream == stream)
+    # One round trip: create the row or touch it, which locks it (on SQLite the
+    # transaction began IMMEDIATE and holds the database's write lock anyway).
+    rows = list(
+        StreamPosition.insert(listener=listener, stream=stream, position=0)
+        .on_conflict(
+            conflict_target=[StreamPosition.listener, StreamPosition.stream],
+            update={StreamPosition.position: StreamPosition.position},
+        )
+        .returning(StreamPosition.position)
+        .tuples()
+        .execute()
     )
-    if is_postgres(database.obj):
-        query = query.for_update()
-    # On SQLite the transaction began IMMEDIATE and holds the database's write lock.
-    return int(query.scalar())
+    return int(rows[0][0])
 
 
 def set_position(listener: str, stream: str, position: int) -> None:

@@ -50,9 +50,18 @@ class Outcome(enum.StrEnum):
     UNBOUND = "unbound"
 
 
-#: The PostgreSQL channel on which listeners announce applied positions
-#: (read-your-writes); bootstrap sets it from QUEUE_PREFIX.
-applied_channel: str | None = None
+_announce_channel: str | None = None
+_announced: frozenset[str] = frozenset()
+
+
+def announce_applied(channel: str, listeners: set[str]) -> None:
+    """Have ``listeners`` NOTIFY ``channel`` with each position they apply.
+
+    Readers waiting on a consistency token listen there (PostgreSQL); only
+    the listeners someone reads from pay for the notification.
+    """
+    global _announce_channel, _announced
+    _announce_channel, _announced = channel, frozenset(listeners)
 
 
 def apply_message(
@@ -82,11 +91,11 @@ def apply_message(
             listener_state.hold(spec.name, message, required, registry)
             return Outcome.HELD
         spec.handler(message)
-        listener_state.release(spec.name, message.stream, message.position)
+        # (A held copy of this very message is dropped by the loop below.)
         applied = _apply_held_successors(spec, message.stream, message.position, registry)
         listener_state.set_position(spec.name, message.stream, applied)
-        if applied_channel is not None:
-            consistency.notify_applied(applied_channel, spec.name, message.stream, applied)
+        if _announce_channel is not None and spec.name in _announced:
+            consistency.notify_applied(_announce_channel, spec.name, message.stream, applied)
     consistency.signal_applied(spec.name, message.stream, applied)
     return Outcome.APPLIED
 
