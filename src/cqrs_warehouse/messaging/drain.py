@@ -6,7 +6,10 @@ NOTIFY (PostgreSQL) or a nudge after commit, and by the periodic sweep.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import signal
 
 from . import context, metrics
 from .database import database, is_postgres
@@ -20,6 +23,13 @@ class Drain:
     def __init__(self, publisher: Publisher, *, batch_size: int = 500) -> None:
         self.publisher = publisher
         self.batch_size = batch_size
+        # TEST-ONLY FAULT HOOK, used by the fault-injection suite (tests/faults):
+        # with CQRS_FAULT_KILL_AFTER_PUBLISH=N this process SIGKILLs itself
+        # right after its Nth confirmed batch, before deleting the rows, to
+        # crash between publish and delete. Never set it in production.
+        kill_after = os.environ.get("CQRS_FAULT_KILL_AFTER_PUBLISH")
+        self._fault_kill_after = int(kill_after) if kill_after else None
+        self._fault_publishes = itertools.count(1)
 
     def run(self) -> int:
         """Publish until the outbox is empty (or only holds rows other drains claimed)."""
@@ -38,6 +48,9 @@ class Drain:
             # A crash between publish and delete re-publishes the batch on
             # the next run: listeners recognise the messages they already applied.
             after_commit = self.publisher.publish(records)
+            # Test-only fault hook (see __init__): crash between publish and delete.
+            if self._fault_kill_after and next(self._fault_publishes) >= self._fault_kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
             OutboxRecord.delete().where(OutboxRecord.id.in_([r.id for r in records])).execute()
         if after_commit is not None:
             after_commit()
