@@ -33,7 +33,7 @@ from .listeners import apply_message
 from .message import Message
 from .routing import ListenerSpec
 from .schemas import SchemaRegistry
-from .transport import message_from_envelope
+from .transport import envelope_from_record, message_from_envelope
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +57,6 @@ class ArchivedMessage(BaseModel):
     class Meta:
         table_name = "messaging_archive"
         slice_schema = "messaging"
-
-    def envelope(self) -> dict:
-        import base64
-
-        return {
-            "id": self.message_id,
-            "type": self.type,
-            "schema_version": self.schema_version,
-            "payload": base64.b64encode(bytes(self.payload)).decode("ascii"),
-            "stream": self.stream,
-            "position": self.position,
-            "predecessors": json.loads(self.predecessors) if self.predecessors else None,
-            "correlation_id": self.correlation_id,
-        }
 
 
 def archive_message(message: Message) -> None:
@@ -211,7 +197,7 @@ def _replay_one(
     spec: ListenerSpec, row: ArchivedMessage, registry: SchemaRegistry, report: RebuildReport
 ) -> None:
     report.replayed += 1
-    envelope = row.envelope()
+    envelope = envelope_from_record(row)
     routing_key = f"{row.type}.v{row.schema_version}"
     if not spec.accepts(routing_key):
         report.skipped += 1

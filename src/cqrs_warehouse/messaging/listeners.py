@@ -256,11 +256,11 @@ def resend_ready_held(send: Callable[[str, dict[str, Any]], None], limit: int = 
     """Move held messages that are up next but failed out of the held table and
     back through the broker (``send(listener, envelope)``), where retries and
     dead letters take over. Returns how many."""
-    from .transport import envelope_from_held
+    from .transport import envelope_from_record
 
     with database.atomic():
         ready = listener_state.ready_held(limit)
         for held in ready:
-            send(held.listener, envelope_from_held(held))
+            send(held.listener, envelope_from_record(held))
             held.delete_instance()
     return len(ready)

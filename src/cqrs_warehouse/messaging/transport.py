@@ -39,8 +39,13 @@ logger = logging.getLogger(__name__)
 AVRO_CONTENT_TYPE = "application/avro"
 
 
-def envelope_from_record(record: OutboxRecord) -> dict[str, Any]:
-    return {
+def envelope_from_record(record: Any) -> dict[str, Any]:
+    """The envelope of a stored message: an outbox, held or archived row.
+
+    A held row's payload is in the version its listener reads; its
+    ``written_version`` (the version it was routed by) travels along.
+    """
+    envelope = {
         "id": record.message_id,
         "type": record.type,
         "schema_version": record.schema_version,
@@ -50,6 +55,10 @@ def envelope_from_record(record: OutboxRecord) -> dict[str, Any]:
         "predecessors": json.loads(record.predecessors) if record.predecessors else None,
         "correlation_id": record.correlation_id,
     }
+    written_version = getattr(record, "written_version", None)
+    if written_version is not None:
+        envelope["written_version"] = written_version
+    return envelope
 
 
 def envelope_from_amqp(properties: pika.BasicProperties, body: bytes) -> dict[str, Any] | None:
@@ -66,22 +75,6 @@ def envelope_from_amqp(properties: pika.BasicProperties, body: bytes) -> dict[st
         "position": headers.get("position"),
         "predecessors": headers.get("predecessors"),
         "correlation_id": properties.correlation_id,
-    }
-
-
-def envelope_from_held(held: Any) -> dict[str, Any]:
-    """The envelope of a HeldMessage (listener_state), to send it again."""
-    return {
-        "id": held.message_id,
-        "type": held.type,
-        "schema_version": held.schema_version,
-        "payload": base64.b64encode(bytes(held.payload)).decode("ascii"),
-        "stream": held.stream,
-        "position": held.position,
-        "predecessors": json.loads(held.predecessors) if held.predecessors else None,
-        "correlation_id": held.correlation_id,
-        # The payload is in the version the listener reads; it was routed by this one.
-        "written_version": held.written_version,
     }
 
 
