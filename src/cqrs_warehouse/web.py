@@ -25,7 +25,7 @@ from .bootstrap import Runtime, bootstrap
 from .messaging import context
 from .messaging.consistency import ConsistencyGate, InvalidConsistencyTokenError
 from .messaging.database import database
-from .messaging.middleware import drop_broken_connection
+from .messaging.middleware import drop_broken_connection, ensure_connection
 from .openapi import DOCUMENT
 from .settings import Settings
 from .warehouse.commands import IncreaseQuantityResource, ShipQuantityResource
@@ -149,7 +149,7 @@ class _DatabaseConnection:
     """Each request thread keeps its connection; one broken by an error is dropped."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        database.connect(reuse_if_open=True)
+        ensure_connection()
 
 
 class _Liveness:
@@ -223,7 +223,10 @@ def _invalid_token(
 
 
 def _database_error(
-    req: falcon.Request, resp: falcon.Response, error: peewee.DatabaseError, params: Any
+    req: falcon.Request,
+    resp: falcon.Response,
+    error: peewee.DatabaseError | peewee.InterfaceError,
+    params: Any,
 ) -> None:
     logger.error("database error on %s %s: %r", req.method, req.path, error)
     drop_broken_connection(error)
@@ -280,7 +283,9 @@ def build_app(
     # map to 4xx/503; anything else is a 500 with a JSON body and a log line.
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(WarehouseError, _warehouse_error)
+    # InterfaceError ("connection already closed") is not a DatabaseError.
     app.add_error_handler(peewee.DatabaseError, _database_error)
+    app.add_error_handler(peewee.InterfaceError, _database_error)
     app.add_error_handler(InvalidConsistencyTokenError, _invalid_token)
     return app
 

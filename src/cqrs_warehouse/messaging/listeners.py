@@ -119,7 +119,15 @@ def _apply_held_successors(
             break
         try:
             # A savepoint: a failing successor must not undo its predecessor.
-            with database.atomic():
+            # It runs, and logs, under its own request's correlation id.
+            with (
+                database.atomic(),
+                context.bound(
+                    correlation_id=held.correlation_id,
+                    message_id=held.message_id,
+                    message_type=held.type,
+                ),
+            ):
                 spec.handler(held.to_message(registry))
         except Exception:
             # It stays held; the sweep sends it back through the broker,

@@ -36,12 +36,28 @@ def drop_broken_connection(exception: BaseException | None) -> None:
         try:
             database.close()
         except Exception:
+            # peewee refuses to close while its transaction stack is not empty,
+            # which a ROLLBACK that failed on the dead connection leaves behind;
+            # the connection is gone anyway, so forget it.
             logger.debug("closing a broken database connection failed", exc_info=True)
+            raw = database.obj._state.conn
+            try:
+                if raw is not None:
+                    raw.close()
+            finally:
+                database.obj._state.reset()
+
+
+def ensure_connection() -> None:
+    """Connect this thread, replacing a connection the server closed meanwhile."""
+    if not database.is_closed() and getattr(database.connection(), "closed", False):
+        drop_broken_connection(peewee.InterfaceError("connection already closed"))
+    database.connect(reuse_if_open=True)
 
 
 class DatabaseConnections(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        database.connect(reuse_if_open=True)
+        ensure_connection()
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
