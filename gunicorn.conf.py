@@ -22,6 +22,43 @@ keepalive = 5
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 control_socket_disable = True
 
+
+def _logconfig() -> dict:
+    """gunicorn's own lines in the service's format (JSON unless on a terminal)."""
+    from cqrs_warehouse.logs import wants_json
+
+    json_format = {
+        "()": "pythonjsonlogger.json.JsonFormatter",
+        "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s "
+        "%(correlation_id)s %(message_id)s %(message_type)s %(listener)s",
+        "rename_fields": {"levelname": "level", "name": "logger", "asctime": "time"},
+    }
+    text_format = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    handler = {
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+        "formatter": "service",
+        "filters": ["context", "redact"],
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {
+            "context": {"()": "cqrs_warehouse.messaging.context.ContextFilter"},
+            "redact": {"()": "cqrs_warehouse.logs.RedactCredentials"},
+        },
+        "formatters": {"service": json_format if wants_json() else text_format},
+        "handlers": {"service": handler},
+        "root": {"level": "INFO", "handlers": ["service"]},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["service"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["service"], "propagate": False},
+        },
+    }
+
+
+logconfig_dict = _logconfig()
+
 # Metrics of every gunicorn worker add up in one /metrics (Prometheus's
 # multiprocess mode): each arbiter gets a folder of its own unless one is set.
 _own_metrics_dir = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,16 @@ from .messaging.errors import MessagingError
 from .settings import Settings, redact_url
 
 logger = logging.getLogger("cqrs_warehouse")
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not math.isfinite(days) or days < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of days, 0 or more")
+    return days
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Drop archived messages older than DAYS days. A later rebuild replays "
         "only what is kept.",
     )
-    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    prune.add_argument("--older-than", type=_days, required=True, metavar="DAYS")
     prune.set_defaults(run=_archive_prune)
 
     routes = commands.add_parser("routes", help="explain and lint listeners.yaml").add_subparsers(

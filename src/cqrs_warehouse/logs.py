@@ -19,14 +19,25 @@ _FIELDS = "%(correlation_id)s %(message_id)s %(message_type)s %(listener)s"
 _URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
 
 
+def mask_credentials(text: str) -> str:
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
 class RedactCredentials(logging.Filter):
-    """Masks the password of any URL in a log line (message and arguments)."""
+    """Masks the password of any URL in a log line: message, arguments and traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = _URL_CREDENTIALS.sub(r"\1***@", message)
+        masked = mask_credentials(message)
         if masked != message:
             record.msg, record.args = masked, None
+        if record.exc_info:
+            # Format the traceback here, masked; formatters use exc_text when
+            # exc_info is gone.
+            record.exc_text = mask_credentials(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = mask_credentials(record.exc_text)
         return True
 
 

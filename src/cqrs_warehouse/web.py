@@ -11,6 +11,7 @@ import hmac
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,7 @@ from .bootstrap import Runtime, bootstrap
 from .messaging import context
 from .messaging.consistency import ConsistencyGate, InvalidConsistencyTokenError
 from .messaging.database import database
-from .messaging.middleware import drop_broken_connection, ensure_connection
+from .messaging.middleware import discard_dead_connection, drop_broken_connection
 from .openapi import DOCUMENT
 from .settings import Settings
 from .warehouse.commands import IncreaseQuantityResource, ShipQuantityResource
@@ -59,6 +60,7 @@ class _Metrics:
 
 
 _metrics: _Metrics | None = None
+_metrics_lock = threading.Lock()
 
 
 def _process_metrics() -> _Metrics:
@@ -66,7 +68,9 @@ def _process_metrics() -> _Metrics:
     # Prometheus's multiprocess mode sees each worker as its own process.
     global _metrics
     if _metrics is None:
-        _metrics = _Metrics()
+        with _metrics_lock:
+            if _metrics is None:
+                _metrics = _Metrics()
     return _metrics
 
 
@@ -146,10 +150,11 @@ class _Hardening:
 
 
 class _DatabaseConnection:
-    """Each request thread keeps its connection; one broken by an error is dropped."""
+    """Each request thread keeps its connection (peewee connects on first use,
+    so /livez needs no database); one the server closed is dropped first."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        ensure_connection()
+        discard_dead_connection()
 
 
 class _Liveness:

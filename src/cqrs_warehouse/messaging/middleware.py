@@ -48,16 +48,16 @@ def drop_broken_connection(exception: BaseException | None) -> None:
                 database.obj._state.reset()
 
 
-def ensure_connection() -> None:
-    """Connect this thread, replacing a connection the server closed meanwhile."""
+def discard_dead_connection() -> None:
+    """Drop this thread's connection if the server closed it meanwhile (peewee
+    opens a new one on the next query)."""
     if not database.is_closed() and getattr(database.connection(), "closed", False):
         drop_broken_connection(peewee.InterfaceError("connection already closed"))
-    database.connect(reuse_if_open=True)
 
 
 class DatabaseConnections(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        ensure_connection()
+        discard_dead_connection()
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None

@@ -1,0 +1,270 @@
+"""Prometheus metrics: the API's /metrics (gunicorn workers added up) and the
+workers' exposition server on dramatiq_prom_port.
+
+The shared installation runs nothing but the current test, so counter deltas
+around a test's own requests are exact.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import falcon.testing
+import prometheus_client
+import requests
+from prometheus_client import multiprocess
+
+from cqrs_warehouse import web
+from cqrs_warehouse.messaging.dead_letters import DeadLetter
+from cqrs_warehouse.settings import Settings
+from tests.conftest import unique_name
+from tests.e2e.harness import assert_eventually
+from tests.ops.support import (
+    OpsInstallation,
+    metric,
+    metric_labels,
+    refuse,
+    wait_for_letter,
+)
+
+SKU_ROUTE = "/warehouse/products/{sku}"
+INCREASE_ROUTE = "/warehouse/products/{sku}/increase_quantity"
+SHIP_ROUTE = "/warehouse/products/{sku}/ship_quantity"
+
+
+def requests_of(text: str, route: str, method: str, status: str) -> float:
+    return metric(text, "cqrs_http_requests_total", route=route, method=method, status=status)
+
+
+def test_api_metrics_count_requests_by_route_method_and_status_and_commands_by_outcome(ops, sku):
+    before = ops.api_metrics()
+    for _ in range(3):
+        assert requests.get(f"{ops.base_url}/warehouse/products/{sku}", timeout=10).ok
+    assert requests.get(f"{ops.base_url}/warehouse/products/bad*sku", timeout=10).status_code == 400
+    assert ops.increase(sku, 4).status_code == 200
+    assert ops.ship(sku, 5).status_code == 400  # more than on hand: refused
+    assert ops.ship(sku, 1).status_code == 200
+    after = ops.api_metrics()
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    requests_total = "cqrs_http_requests_total"
+    assert delta(requests_total, route=SKU_ROUTE, method="GET", status="200") == 3
+    assert delta(requests_total, route=SKU_ROUTE, method="GET", status="400") == 1
+    assert delta(requests_total, route=INCREASE_ROUTE, method="POST", status="200") == 1
+    assert delta(requests_total, route=SHIP_ROUTE, method="POST", status="400") == 1
+    assert delta(requests_total, route=SHIP_ROUTE, method="POST", status="200") == 1
+    # Durations: one observation per request, in a histogram by route and method
+    durations = "cqrs_http_request_duration_seconds"
+    assert delta(f"{durations}_count", route=SKU_ROUTE, method="GET") == 4
+    assert delta(f"{durations}_count", route=SHIP_ROUTE, method="POST") == 2
+    assert delta(f"{durations}_bucket", route=SKU_ROUTE, method="GET", le="+Inf") == 4
+    assert delta(f"{durations}_sum", route=SKU_ROUTE, method="GET") > 0
+    # Routes are labelled by template, never by the SKU in the path
+    routes = {labels["route"] for labels in metric_labels(after, requests_total)}
+    assert not [route for route in routes if sku in route or "bad" in route], routes
+    # Commands by outcome
+    commands = "cqrs_commands_total"
+    assert delta(commands, command="increase_product_quantity", outcome="accepted") == 1
+    assert delta(commands, command="ship_product_quantity", outcome="accepted") == 1
+    assert delta(commands, command="ship_product_quantity", outcome="refused") == 1
+
+
+def test_api_metrics_show_the_outbox_dead_letters_and_each_listeners_lag(ops, sku):
+    refuse(ops, "picky", sku)
+    assert ops.increase(sku, 8).status_code == 200
+    wait_for_letter(ops, "picky", sku)
+
+    def shown() -> str:
+        text = ops.api_metrics()
+        ops.bind()
+        kept = DeadLetter.select().where(DeadLetter.listener == "picky").count()
+        assert metric(text, "cqrs_dead_letters", listener="picky") == kept >= 1
+        return text
+
+    text = assert_eventually(shown)
+    assert metric_labels(text, "cqrs_outbox_depth") == [{}]
+    assert metric_labels(text, "cqrs_outbox_oldest_age_seconds") == [{}]
+    assert metric(text, "cqrs_outbox_depth") >= 0
+    assert metric(text, "cqrs_outbox_oldest_age_seconds") >= 0
+    lag = {labels["listener"] for labels in metric_labels(text, "cqrs_listener_lag_messages")}
+    assert lag == set(ops.listener_names)
+
+
+def per_process_requests(metrics_dir, route: str, scratch) -> dict[str, float]:
+    """GET requests of ``route`` counted by each gunicorn worker, from its own file."""
+    counts = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        single = scratch / path.stem
+        single.mkdir(parents=True)
+        shutil.copy(path, single / path.name)
+        registry = prometheus_client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(single))
+        text = prometheus_client.generate_latest(registry).decode()
+        counts[path.stem] = metric(text, "cqrs_http_requests_total", route=route, method="GET")
+    return counts
+
+
+def test_the_request_counter_adds_up_across_gunicorn_workers(ops, sku, tmp_path):
+    url = f"{ops.base_url}/warehouse/products/{sku}"
+    metrics_dir = ops.workdir / "api-metrics"
+    # Until both gunicorn workers have served this route (fresh connections)
+    deadline = time.monotonic() + 30
+    while True:
+        assert requests.get(url, timeout=10, headers={"Connection": "close"}).ok
+        scratch = tmp_path / unique_name("scan")
+        counts = per_process_requests(metrics_dir, SKU_ROUTE, scratch)
+        if sum(1 for value in counts.values() if value > 0) >= 2:
+            break
+        assert time.monotonic() < deadline, f"one gunicorn worker served everything: {counts}"
+
+    before = requests_of(ops.api_metrics(), SKU_ROUTE, "GET", "200")
+    sent = 40
+    for _ in range(sent):
+        assert requests.get(url, timeout=10, headers={"Connection": "close"}).ok
+    text = ops.api_metrics()
+    assert requests_of(text, SKU_ROUTE, "GET", "200") - before == sent
+    # /metrics is the sum of what every worker counted
+    counts = per_process_requests(metrics_dir, SKU_ROUTE, tmp_path / unique_name("scan"))
+    assert sum(counts.values()) == metric(
+        text, "cqrs_http_requests_total", route=SKU_ROUTE, method="GET"
+    )
+
+
+def test_concurrent_first_requests_of_a_fresh_process_all_succeed(db, monkeypatch):
+    # A gunicorn worker creates its HTTP metrics when its first request ends.
+    # Two requests ending together in a fresh worker must not both create them
+    # (the second registration fails: DuplicateTimeseries, a 500 for a command
+    # that committed; seen under load in test_shutdown). The metrics are made
+    # slow to create here, so that the threads do meet there.
+    registry = prometheus_client.CollectorRegistry()
+
+    def slowly(kind):
+        def create(*args, **kwargs):
+            time.sleep(0.05)  # widens the window in which another thread may enter
+            return kind(*args, registry=registry, **kwargs)
+
+        return create
+
+    monkeypatch.setattr(web, "Counter", slowly(prometheus_client.Counter))
+    monkeypatch.setattr(web, "Histogram", slowly(prometheus_client.Histogram))
+    monkeypatch.setattr(web, "_metrics", None, raising=False)
+    client = falcon.testing.TestClient(web.build_app(Settings()))
+    barrier = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def first_request() -> None:
+        barrier.wait()
+        statuses.append(client.simulate_get("/livez").status_code)
+
+    threads = [threading.Thread(target=first_request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert statuses == [200] * 8
+    text = prometheus_client.generate_latest(registry).decode()
+    assert metric(text, "cqrs_http_requests_total", route="/livez", method="GET") == 8
+
+
+def test_the_workers_exposition_counts_listener_outcomes(ops, sku):
+    before = ops.wait_for_worker_metrics()
+    skus = [f"{sku}-{n}" for n in range(3)]
+    for each in skus:
+        assert ops.increase(each, 10).status_code == 200
+    refused = f"{sku}-refused"
+    refuse(ops, "picky", refused)
+    assert ops.increase(refused, 10).status_code == 200
+    wait_for_letter(ops, "picky", refused)
+
+    def counted() -> str:
+        text = ops.worker_metrics()
+
+        def delta(**labels: str) -> float:
+            return metric(text, "cqrs_listener_messages_total", **labels) - metric(
+                before, "cqrs_listener_messages_total", **labels
+            )
+
+        assert delta(listener="products_view", outcome="applied") == 4
+        assert delta(listener="archive", outcome="applied") == 4
+        assert delta(listener="picky", outcome="applied") == 3
+        assert delta(listener="picky", outcome="retried") == 1
+        assert delta(listener="picky", outcome="dead_lettered") == 1
+        return text
+
+    text = assert_eventually(counted)
+    assert (
+        metric(text, "cqrs_outbox_published_total") - metric(before, "cqrs_outbox_published_total")
+        >= 4
+    )
+    actor = {"actor_name": "listener.products_view"}
+    assert (
+        metric(text, "dramatiq_messages_total", **actor)
+        - metric(before, "dramatiq_messages_total", **actor)
+        == 4
+    )
+
+
+PUBLISH_NOW = """
+from cqrs_warehouse.bootstrap import bootstrap
+from cqrs_warehouse.settings import Settings
+
+runtime = bootstrap(Settings.from_env())
+with runtime.database.connection_context():
+    print(runtime.drain.run())
+"""
+
+
+def publish_outbox(installation: OpsInstallation) -> int:
+    """Drain the outbox to RabbitMQ from a process of its own, as a worker would."""
+    finished = subprocess.run(
+        [sys.executable, "-c", PUBLISH_NOW],
+        env=installation.cli_env,
+        cwd=installation.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    return int(finished.stdout.strip())
+
+
+def test_listener_lag_rises_while_the_workers_are_stopped(spare, sku):
+    spare.wait_until_view_matches_commands()  # nothing left over
+    assert spare.workers().terminate() == 0
+    try:
+        sent = 6
+        for n in range(sent):
+            assert spare.increase(f"{sku}-{n}", 10).status_code == 200
+        # The drain runs in the workers: with them stopped, what rises first is
+        # the outbox, not the queues.
+        text = spare.api_metrics()
+        assert metric(text, "cqrs_outbox_depth") == sent
+        assert metric(text, "cqrs_outbox_oldest_age_seconds") > 0
+        assert metric(text, "cqrs_listener_lag_messages", listener="products_view") == 0
+        # Once something publishes them, they wait in every listener's queue
+        assert publish_outbox(spare) == sent
+
+        def lagging() -> None:
+            text = spare.api_metrics()
+            assert metric(text, "cqrs_outbox_depth") == 0
+            for listener in ("products_view", "archive", "watcher"):
+                assert metric(text, "cqrs_listener_lag_messages", listener=listener) == sent
+
+        assert_eventually(lagging)
+    finally:
+        spare.start_workers()
+
+    def caught_up() -> None:
+        text = spare.api_metrics()
+        for listener in spare.listener_names:
+            assert metric(text, "cqrs_listener_lag_messages", listener=listener) == 0
+
+    assert_eventually(caught_up)
+    state = spare.wait_until_view_matches_commands()
+    assert all(state[f"{sku}-{n}"] == 10 for n in range(6))
