@@ -125,9 +125,9 @@ def discard(letter_id: int) -> None:
     with database.atomic():
         letter = DeadLetter.get_by_id(letter_id)
         if letter.stream is not None and letter.position is not None:
-            applied = listener_state.lock_position(letter.listener, letter.stream)
+            applied, held = listener_state.lock_position(letter.listener, letter.stream)
             if applied < letter.position:
-                listener_state.set_position(letter.listener, letter.stream, letter.position)
+                listener_state.set_position(letter.listener, letter.stream, letter.position, held)
         letter.delete_instance()
 
 

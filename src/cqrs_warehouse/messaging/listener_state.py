@@ -12,6 +12,7 @@ import json
 import peewee
 
 from . import context
+from .compiled import CompiledQuery
 from .database import BaseModel, database, is_postgres
 from .message import Message
 from .schemas import SchemaRegistry
@@ -39,6 +40,7 @@ class StreamPosition(BaseModel):
     listener = peewee.CharField(max_length=100)
     stream = peewee.CharField(max_length=255)
     position = peewee.BigIntegerField()
+    held = peewee.IntegerField(default=0)  # how many messages it holds (a hint)
 
     class Meta:
         table_name = "messaging_stream_positions"
@@ -96,44 +98,108 @@ def first_time(listener: str, message_id: str) -> bool:
     return bool(inserted)
 
 
-def lock_position(listener: str, stream: str) -> int:
-    """The position ``listener`` applied in ``stream``, locked until the transaction ends."""
-    # One round trip: create the row or touch it, which locks it (on SQLite the
-    # transaction began IMMEDIATE and holds the database's write lock anyway).
-    rows = list(
-        StreamPosition.insert(listener=listener, stream=stream, position=0)
+_L, _S, _P, _R = "\x01listener", "\x01stream", 10**15 + 7, 10**15 + 11
+
+# The fast path, one statement: advance the listener's position in the stream
+# to the message's if every earlier message it receives is applied (its
+# position is at least ``required``) and the message is new (position below
+# it); returns the count of held messages. The row stays locked until commit.
+_CLAIM_NEW_STREAM_OR_FREE = CompiledQuery(
+    lambda listener, stream, position: (
+        StreamPosition.insert(listener=listener, stream=stream, position=position, held=0)
+        .on_conflict(
+            conflict_target=[StreamPosition.listener, StreamPosition.stream],
+            update={StreamPosition.position: peewee.EXCLUDED.position},
+            where=(StreamPosition.position < peewee.EXCLUDED.position),
+        )
+        .returning(StreamPosition.held)
+    ),
+    _L,
+    _S,
+    _P,
+)
+_CLAIM_AFTER_PREDECESSOR = CompiledQuery(
+    lambda listener, stream, position, required: (
+        StreamPosition.update(position=position)
+        .where(
+            (StreamPosition.listener == listener)
+            & (StreamPosition.stream == stream)
+            & (StreamPosition.position >= required)
+            & (StreamPosition.position < position)
+        )
+        .returning(StreamPosition.held)
+    ),
+    _L,
+    _S,
+    _P,
+    _R,
+)
+_LOCK = CompiledQuery(
+    lambda listener, stream: (
+        StreamPosition.insert(listener=listener, stream=stream, position=0, held=0)
         .on_conflict(
             conflict_target=[StreamPosition.listener, StreamPosition.stream],
             update={StreamPosition.position: StreamPosition.position},
         )
-        .returning(StreamPosition.position)
-        .tuples()
-        .execute()
-    )
-    return int(rows[0][0])
+        .returning(StreamPosition.position, StreamPosition.held)
+    ),
+    _L,
+    _S,
+)
+_SET = CompiledQuery(
+    lambda listener, stream, position, held: StreamPosition.update(
+        position=position, held=held
+    ).where((StreamPosition.listener == listener) & (StreamPosition.stream == stream)),
+    _L,
+    _S,
+    _P,
+    _R,
+)
 
 
-def set_position(listener: str, stream: str, position: int) -> None:
-    StreamPosition.update(position=position).where(
-        (StreamPosition.listener == listener) & (StreamPosition.stream == stream)
-    ).execute()
+def claim(listener: str, stream: str, position: int, required: int) -> int | None:
+    """Take ``position`` as applied if it is next; the held count, or None if not."""
+    if required == 0:
+        rows = _CLAIM_NEW_STREAM_OR_FREE.rows(listener, stream, position)
+    else:
+        rows = _CLAIM_AFTER_PREDECESSOR.rows(listener, stream, position, required)
+    return int(rows[0][0]) if rows else None
+
+
+def lock_position(listener: str, stream: str) -> tuple[int, int]:
+    """(position applied, messages held) of ``listener`` in ``stream``, locked
+    until the transaction ends (on SQLite the transaction began IMMEDIATE and
+    holds the database's write lock anyway)."""
+    [(position, held)] = _LOCK.rows(listener, stream)
+    return int(position), int(held)
+
+
+def set_position(listener: str, stream: str, position: int, held: int) -> None:
+    _SET.run(listener, stream, position, max(0, held))
 
 
 def hold(listener: str, message: Message, required: int, registry: SchemaRegistry) -> None:
     assert message.stream is not None and message.position is not None
-    HeldMessage.insert(
-        listener=listener,
-        stream=message.stream,
-        position=message.position,
-        message_id=message.id,
-        type=message.type,
-        schema_version=message.schema_version,
-        written_version=message.written_version,
-        payload=registry.encode(message.type, message.schema_version, message.payload),
-        correlation_id=context.correlation_id.get(),
-        predecessors=json.dumps(message.predecessors) if message.predecessors else None,
-        required=required,
-    ).on_conflict_ignore().execute()
+    inserted = (
+        HeldMessage.insert(
+            listener=listener,
+            stream=message.stream,
+            position=message.position,
+            message_id=message.id,
+            type=message.type,
+            schema_version=message.schema_version,
+            written_version=message.written_version,
+            payload=registry.encode(message.type, message.schema_version, message.payload),
+            correlation_id=context.correlation_id.get(),
+            predecessors=json.dumps(message.predecessors) if message.predecessors else None,
+            required=required,
+        )
+        .on_conflict_ignore()
+        .as_rowcount()
+        .execute()
+    )
+    if inserted:
+        _count_held(listener, message.stream, +1)
 
 
 def next_held(listener: str, stream: str) -> HeldMessage | None:
@@ -147,10 +213,27 @@ def next_held(listener: str, stream: str) -> HeldMessage | None:
 
 
 def release(listener: str, stream: str, position: int) -> None:
-    HeldMessage.delete().where(
-        (HeldMessage.listener == listener)
-        & (HeldMessage.stream == stream)
-        & (HeldMessage.position == position)
+    """Forget a held message (it was applied, resent or dead-lettered)."""
+    deleted = (
+        HeldMessage.delete()
+        .where(
+            (HeldMessage.listener == listener)
+            & (HeldMessage.stream == stream)
+            & (HeldMessage.position == position)
+        )
+        .execute()
+    )
+    if deleted:
+        _count_held(listener, stream, -int(deleted))
+
+
+def _count_held(listener: str, stream: str, change: int) -> None:
+    # The count only spares the common case (nothing held) a query: the
+    # periodic sweep of ready held messages does not rely on it.
+    StreamPosition.update(held=StreamPosition.held + change).where(
+        (StreamPosition.listener == listener)
+        & (StreamPosition.stream == stream)
+        & (StreamPosition.held + change >= 0)
     ).execute()
 
 

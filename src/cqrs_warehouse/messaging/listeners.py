@@ -83,20 +83,27 @@ def apply_message(
                 return Outcome.DUPLICATE
             spec.handler(message)
             return Outcome.APPLIED
-        applied = listener_state.lock_position(spec.name, message.stream)
-        if message.position <= applied:
-            return Outcome.DUPLICATE
+        stream, position = message.stream, message.position
         required = required_position(spec, message)
-        if required > applied:
-            listener_state.hold(spec.name, message, required, registry)
-            return Outcome.HELD
+        held = listener_state.claim(spec.name, stream, position, required)
+        if held is None:
+            # Not next, or a stream new to this listener: decide on the locked row.
+            applied, held = listener_state.lock_position(spec.name, stream)
+            if position <= applied:
+                return Outcome.DUPLICATE
+            if required > applied:
+                listener_state.hold(spec.name, message, required, registry)
+                return Outcome.HELD
+            listener_state.set_position(spec.name, stream, position, held)
         spec.handler(message)
-        # (A held copy of this very message is dropped by the loop below.)
-        applied = _apply_held_successors(spec, message.stream, message.position, registry)
-        listener_state.set_position(spec.name, message.stream, applied)
+        applied = position
+        if held:
+            # (A held copy of this very message is dropped there too.)
+            applied, held = _apply_held_successors(spec, stream, applied, held, registry)
+            listener_state.set_position(spec.name, stream, applied, held)
         if _announce_channel is not None and spec.name in _announced:
-            consistency.notify_applied(_announce_channel, spec.name, message.stream, applied)
-    consistency.signal_applied(spec.name, message.stream, applied)
+            consistency.notify_applied(_announce_channel, spec.name, stream, applied)
+    consistency.signal_applied(spec.name, stream, applied)
     return Outcome.APPLIED
 
 
@@ -109,11 +116,13 @@ def required_position(spec: ListenerSpec, message: Message) -> int:
 
 
 def _apply_held_successors(
-    spec: ListenerSpec, stream: str, applied: int, registry: SchemaRegistry
-) -> int:
+    spec: ListenerSpec, stream: str, applied: int, count: int, registry: SchemaRegistry
+) -> tuple[int, int]:
+    """Apply the held messages that ``applied`` unblocks; (position, still held)."""
     while (held := listener_state.next_held(spec.name, stream)) is not None:
         if held.position <= applied:  # a duplicate held before its twin was applied
             held.delete_instance()
+            count -= 1
             continue
         if held.required > applied:
             break
@@ -140,8 +149,11 @@ def _apply_held_successors(
             )
             break
         held.delete_instance()
+        count -= 1
         applied = held.position
-    return applied
+    if listener_state.next_held(spec.name, stream) is None:
+        count = 0
+    return applied, max(count, 0)
 
 
 def listener_actor_name(spec: ListenerSpec) -> str:
@@ -270,5 +282,5 @@ def resend_ready_held(send: Callable[[str, dict[str, Any]], None], limit: int = 
         ready = listener_state.ready_held(limit)
         for held in ready:
             send(held.listener, envelope_from_record(held))
-            held.delete_instance()
+            listener_state.release(held.listener, held.stream, held.position)
     return len(ready)

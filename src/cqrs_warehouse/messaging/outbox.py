@@ -18,6 +18,7 @@ from dataclasses import replace
 import peewee
 
 from . import context
+from .compiled import CompiledQuery
 from .database import BaseModel, database, is_postgres
 from .errors import ConfigurationError, NotInTransactionError, OutboxError
 from .message import Message
@@ -141,18 +142,28 @@ def _advance_stream(stream: str, routing_key: str, position: int) -> dict[str, i
     The caller serialises its stream (the warehouse commands hold the SKU's
     row lock), so reading and advancing the heads cannot interleave.
     """
-    heads = {
-        key: int(last)
-        for key, last in StreamHead.select(StreamHead.routing_key, StreamHead.position)
-        .where(StreamHead.stream == stream)
-        .tuples()
-        .iterator()
-    }
-    StreamHead.insert(stream=stream, routing_key=routing_key, position=position).on_conflict(
-        conflict_target=[StreamHead.stream, StreamHead.routing_key],
-        update={StreamHead.position: position},
-    ).execute()
+    heads = {str(key): int(last) for key, last in _HEADS.rows(stream)}
+    _ADVANCE_HEAD.run(stream, routing_key, position)
     return {key: last for key, last in heads.items() if last < position}
+
+
+_HEADS = CompiledQuery(
+    lambda stream: StreamHead.select(StreamHead.routing_key, StreamHead.position).where(
+        StreamHead.stream == stream
+    ),
+    "\x01stream",
+)
+_ADVANCE_HEAD = CompiledQuery(
+    lambda stream, routing_key, position: StreamHead.insert(
+        stream=stream, routing_key=routing_key, position=position
+    ).on_conflict(
+        conflict_target=[StreamHead.stream, StreamHead.routing_key],
+        update={StreamHead.position: peewee.EXCLUDED.position},
+    ),
+    "\x01stream",
+    "\x01key",
+    10**15 + 7,
+)
 
 
 _current: Outbox | None = None

@@ -38,6 +38,7 @@ def up(migrator, db):
         listener = CharField(max_length=100)
         stream = CharField(max_length=255)
         position = BigIntegerField()
+        held = IntegerField(default=0)
 
         class Meta:
             database = db

@@ -6,7 +6,10 @@ from __future__ import annotations
 import logging
 import re
 
+import peewee
+
 from cqrs_warehouse.messaging import outbox
+from cqrs_warehouse.messaging.compiled import CompiledQuery
 from cqrs_warehouse.messaging.message import Message
 
 from ..errors import (
@@ -27,6 +30,35 @@ logger = logging.getLogger(__name__)
 MAX_COMMAND_QUANTITY = 2**31 - 1
 MAX_STOCK = 2**63 - 1
 _SKU = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+_INCREASE = CompiledQuery(
+    lambda sku, quantity: (
+        ProductStock.insert(sku=sku, quantity=quantity, version=1)
+        .on_conflict(
+            conflict_target=[ProductStock.sku],
+            update={
+                ProductStock.quantity: ProductStock.quantity + peewee.EXCLUDED.quantity,
+                ProductStock.version: ProductStock.version + 1,
+            },
+            where=(ProductStock.quantity <= MAX_STOCK - peewee.EXCLUDED.quantity),
+        )
+        .returning(ProductStock.version)
+    ),
+    "\x01sku",
+    10**15 + 7,
+)
+_SHIP = CompiledQuery(
+    lambda sku, quantity: (
+        ProductStock.update(
+            quantity=ProductStock.quantity - quantity, version=ProductStock.version + 1
+        )
+        .where((ProductStock.sku == sku) & (ProductStock.quantity >= quantity))
+        .returning(ProductStock.version)
+    ),
+    "\x01sku",
+    10**15 + 7,
+)
 
 
 def validate_sku(sku: object) -> str:
@@ -54,20 +86,7 @@ def increase_product_quantity(sku: str, quantity: int) -> Message:
     with outbox.transaction():
         # One statement: insert the SKU or add to it, unless that would pass
         # the limit (then no row comes back).
-        rows = list(
-            ProductStock.insert(sku=sku, quantity=quantity, version=1)
-            .on_conflict(
-                conflict_target=[ProductStock.sku],
-                update={
-                    ProductStock.quantity: ProductStock.quantity + quantity,
-                    ProductStock.version: ProductStock.version + 1,
-                },
-                where=(ProductStock.quantity <= MAX_STOCK - quantity),
-            )
-            .returning(ProductStock.version)
-            .tuples()
-            .execute()
-        )
+        rows = _INCREASE.rows(sku, quantity)
         if not rows:
             raise StockLimitExceededError(
                 f"increasing {sku} by {quantity} would pass the maximum stock of {MAX_STOCK}"
@@ -94,15 +113,7 @@ def ship_product_quantity(sku: str, quantity: int) -> Message:
     with outbox.transaction():
         # The condition is checked on the locked row: concurrent shipments
         # of one SKU never take more than is there.
-        rows = list(
-            ProductStock.update(
-                quantity=ProductStock.quantity - quantity, version=ProductStock.version + 1
-            )
-            .where((ProductStock.sku == sku) & (ProductStock.quantity >= quantity))
-            .returning(ProductStock.version)
-            .tuples()
-            .execute()
-        )
+        rows = _SHIP.rows(sku, quantity)
         if not rows:
             raise InsufficientQuantityOnHandError(
                 f"cannot ship {quantity} of {sku}: not that many on hand"

@@ -4,6 +4,9 @@ threshold. Increases never notify. Run by its listener actor."""
 
 from __future__ import annotations
 
+import peewee
+
+from cqrs_warehouse.messaging.compiled import CompiledQuery
 from cqrs_warehouse.messaging.message import Message, reads
 
 from ...commands import notify_low_product_quantity
@@ -32,18 +35,24 @@ def handle_message(message: Message) -> None:
             notify_low_product_quantity(sku, remaining)
 
 
-def _add(sku: str, delta: int) -> int:
-    rows = list(
+_ADD = CompiledQuery(
+    lambda sku, delta: (
         NotifierProduct.insert(sku=sku, quantity=delta)
         .on_conflict(
             conflict_target=[NotifierProduct.sku],
-            update={NotifierProduct.quantity: NotifierProduct.quantity + delta},
+            update={NotifierProduct.quantity: NotifierProduct.quantity + peewee.EXCLUDED.quantity},
         )
         .returning(NotifierProduct.quantity)
-        .tuples()
-        .execute()
-    )
-    return int(rows[0][0])
+    ),
+    "\x01sku",
+    10**15 + 7,
+)
+
+
+def _add(sku: str, delta: int) -> int:
+    """Add ``delta`` to the notifier's quantity of ``sku``; returns the new quantity."""
+    [(quantity,)] = _ADD.rows(sku, delta)
+    return int(quantity)
 
 
 def quantity_of(sku: str) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import peewee
+
+from cqrs_warehouse.messaging.compiled import CompiledQuery
 from cqrs_warehouse.messaging.database import database, is_postgres
 from cqrs_warehouse.messaging.message import Message, reads
 
@@ -18,11 +21,18 @@ def handle_message(message: Message) -> None:
         _add(message.payload["sku"], -message.payload["quantity"])
 
 
-def _add(sku: str, delta: int) -> None:
-    ProductView.insert(sku=sku, quantity=delta).on_conflict(
+_ADD = CompiledQuery(
+    lambda sku, delta: ProductView.insert(sku=sku, quantity=delta).on_conflict(
         conflict_target=[ProductView.sku],
-        update={ProductView.quantity: ProductView.quantity + delta},
-    ).execute()
+        update={ProductView.quantity: ProductView.quantity + peewee.EXCLUDED.quantity},
+    ),
+    "\x01sku",
+    10**15 + 7,
+)
+
+
+def _add(sku: str, delta: int) -> None:
+    _ADD.run(sku, delta)
 
 
 def reset() -> None:
