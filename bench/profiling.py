@@ -1,0 +1,337 @@
+"""``python -m bench --profile``: where the service spends its CPU, by py-spy.
+
+Two profiles, each written as a text summary to bench/profiles/:
+
+- ``pipeline.txt``: the API (gunicorn master and workers) and the workers
+  (dramatiq processes) while the sustained end-to-end load runs, sampled
+  side by side;
+- ``drain.txt``: the drain alone (``--queues <prefix>outbox_drain``, one
+  process, one thread) publishing a backlog written by the commands, with
+  its rate, so the cost per published message can be read without the
+  listeners in the way.
+
+py-spy samples the processes from outside (``--nonblocking``: it does not
+stop them) twice at once: every thread it does not see as idle (wall time,
+including waits inside C calls such as psycopg2's round trips to
+PostgreSQL), and only the thread holding the GIL (``--gil``: Python CPU,
+what bounds a process's throughput). It writes collapsed stacks; the
+summary gives each thread role's share, the functions
+that were on top of the stack (self) and the ones anywhere in it
+(inclusive), and the share of each library.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import infra
+from .context import Context, Routing, listeners_config
+from .http_load import LoadRun
+from .installation import SKU_PREFIX, Installation, build_seeded_template, migrate
+from .knobs import Knobs
+from .processes import BIN, Service, stop_all, wait_for
+from .scenarios.pipeline import DRAIN_QUEUE
+from .suite import log, source_fingerprint
+
+PROFILES = Path(__file__).resolve().parent / "profiles"
+RATE = 100  # samples per second per thread
+
+VIEWS = {
+    False: "threads not idle (wall time, incl. waits in C calls: DB and AMQP round trips)",
+    True: "thread holding the GIL (Python CPU)",
+}
+
+# Thread roles, by a function that appears in their stacks (first match wins).
+ROLES = (
+    ("drain", ("Drain.run_batch", "Drain.run", "drain_outbox")),
+    ("listener", ("run_listener", "apply_message")),
+    ("drain waker", ("DrainWaker._run",)),
+    ("dramatiq consumer", ("_ConsumerThread", "ConsumerThread")),
+    ("dramatiq worker loop (middleware, acks)", ("WorkerThread",)),
+    ("dramatiq log forwarding (parent process)", ("watch_logs",)),
+    ("http request", ("App.__call__", "ThreadWorker.handle")),
+    ("gunicorn loop", ("ThreadWorker.run", "Arbiter.run")),
+)
+
+# Libraries, by the start of the file path py-spy shows.
+LIBRARIES = (
+    ("peewee / playhouse", ("peewee.py", "playhouse/")),
+    ("psycopg2", ("psycopg2/",)),
+    ("pika", ("pika/",)),
+    ("dramatiq", ("dramatiq/",)),
+    ("logging", ("logging/", "pythonjsonlogger/")),
+    ("json", ("json/",)),
+    ("fastavro", ("fastavro/",)),
+    ("falcon", ("falcon/",)),
+    ("gunicorn", ("gunicorn/",)),
+    ("prometheus_client", ("prometheus_client/",)),
+    ("jsonschema / referencing", ("jsonschema/", "referencing/", "rpds")),
+    ("cqrs_warehouse", ("cqrs_warehouse/",)),
+)
+
+
+@dataclass
+class Profile:
+    """Collapsed stacks of one py-spy recording."""
+
+    stacks: Counter[tuple[str, ...]] = field(default_factory=Counter)
+
+    @classmethod
+    def read(cls, path: Path) -> Profile:
+        profile = cls()
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            frames = tuple(f for f in stack.split(";") if not f.startswith(("process ", "thread ")))
+            profile.stacks[frames] += int(count)
+        return profile
+
+    @property
+    def total(self) -> int:
+        return sum(self.stacks.values())
+
+    def roles(self) -> Counter[str]:
+        shares: Counter[str] = Counter()
+        for frames, count in self.stacks.items():
+            shares[_role(frames)] += count
+        return shares
+
+    def self_functions(self) -> Counter[str]:
+        shares: Counter[str] = Counter()
+        for frames, count in self.stacks.items():
+            if frames:
+                shares[_name(frames[-1])] += count
+        return shares
+
+    def inclusive_functions(self) -> Counter[str]:
+        shares: Counter[str] = Counter()
+        for frames, count in self.stacks.items():
+            for name in {_name(frame) for frame in frames}:
+                shares[name] += count
+        return shares
+
+    def libraries(self) -> Counter[str]:
+        """Samples by the library of the innermost frame that is not the stdlib's
+        threading/socket plumbing: where the time goes, by owner."""
+        shares: Counter[str] = Counter()
+        for frames, count in self.stacks.items():
+            shares[_library(frames)] += count
+        return shares
+
+
+def _name(frame: str) -> str:
+    """``function (path)`` as ``path:function``."""
+    function, _, rest = frame.partition(" (")
+    return f"{rest.rstrip(')')}:{function}" if rest else function
+
+
+def _role(frames: tuple[str, ...]) -> str:
+    joined = ";".join(frames)
+    for role, markers in ROLES:
+        if any(marker in joined for marker in markers):
+            return role
+    return "other"
+
+
+def _library(frames: tuple[str, ...]) -> str:
+    for frame in reversed(frames):
+        path = frame.partition(" (")[2]
+        for library, prefixes in LIBRARIES:
+            if path.startswith(prefixes):
+                return library
+    return "stdlib / other"
+
+
+def summary(title: str, profile: Profile, notes: list[str], top: int = 25) -> str:
+    total = max(1, profile.total)
+
+    def block(heading: str, counts: Counter[str], limit: int) -> list[str]:
+        lines = [heading]
+        for name, count in counts.most_common(limit):
+            lines.append(f"  {100 * count / total:5.1f}%  {name}")
+        return [*lines, ""]
+
+    lines = [title, "=" * len(title), *notes, f"samples (running threads only): {total}", ""]
+    lines += block("by thread role", profile.roles(), 10)
+    lines += block("by library (innermost non-stdlib frame)", profile.libraries(), 15)
+    lines += block(f"top {top} self (on top of the stack)", profile.self_functions(), top)
+    lines += block(
+        f"top {top} inclusive (anywhere in the stack)", profile.inclusive_functions(), top
+    )
+    return "\n".join(lines)
+
+
+def record(pid: int, seconds: float, output: Path, *, gil: bool) -> subprocess.Popen[bytes]:
+    """py-spy on ``pid`` and its children. ``gil``: only the thread holding the GIL
+    (Python CPU); else every thread py-spy does not see as idle (which includes
+    threads blocked in C calls such as psycopg2 waiting for PostgreSQL)."""
+    return subprocess.Popen(
+        [
+            str(BIN / "py-spy"),
+            "record",
+            *(["--gil"] if gil else []),
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--nolineno",
+            "--rate",
+            str(RATE),
+            "--duration",
+            str(int(seconds)),
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _finish(recorder: subprocess.Popen[bytes], seconds: float) -> None:
+    try:
+        _, err = recorder.communicate(timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        recorder.kill()
+        raise RuntimeError("py-spy did not finish") from None
+    if recorder.returncode != 0:
+        raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-2000:]}")
+
+
+def profile_pipeline(ctx: Context, raw_dir: Path) -> str:
+    knobs = ctx.knobs
+    seconds = knobs.profile_seconds
+    with Installation(ctx, "profile_e2e") as service:
+        port = service.start_api()
+        workers = service.start_workers()
+        service.probe()
+        warmup = 3.0
+        load = LoadRun(
+            {
+                "mode": "closed",
+                "port": port,
+                "sku_prefix": SKU_PREFIX,
+                "skus": knobs.skus,
+                "connections": knobs.e2e_connections,
+                "warmup": warmup,
+                "window": seconds + 2,
+            },
+            timeout=seconds + 60,
+        )
+        time.sleep(warmup)
+        assert service.api is not None
+        recorders = {
+            (name, gil): record(pid, seconds, raw_dir / f"{name}_{gil}.raw", gil=gil)
+            for name, pid in (("api", service.api.pid), ("workers", workers.pid))
+            for gil in (False, True)
+        }
+        for recorder in recorders.values():
+            _finish(recorder, seconds)
+        result = load.result()
+    notes = [
+        f"load: closed loop, {knobs.e2e_connections} clients, {result['rate']:.0f} commands/s "
+        f"accepted while sampled; {len(ctx.routing.listeners)} listeners",
+        f"layout: gunicorn {knobs.web_concurrency}x{knobs.gunicorn_threads} threads, dramatiq "
+        f"-p {knobs.worker_processes} -t {knobs.worker_threads}; py-spy {RATE} Hz, {seconds:.0f} s",
+        "",
+    ]
+    parts = []
+    for name, gil in recorders:
+        what = "gunicorn (API)" if name == "api" else "dramatiq workers (drain + listeners)"
+        title = f"{what}: {VIEWS[gil]}"
+        parts.append(summary(title, Profile.read(raw_dir / f"{name}_{gil}.raw"), notes))
+    return "\n\n".join(parts)
+
+
+def profile_drain(ctx: Context, raw_dir: Path, events: int = 20_000) -> str:
+    seconds = ctx.knobs.profile_seconds
+    with Installation(ctx, "profile_drain", template=ctx.migrated_template) as service:
+        env = service.env()
+        writers = [
+            Service.start(
+                f"{service.name}_fill{part}",
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.fill_outbox",
+                    "0",
+                    str(events),
+                    "1000",
+                    str(part),
+                    "2",
+                ],
+                env=env,
+                log_dir=ctx.log_dir,
+            )
+            for part in range(2)
+        ]
+        for writer in writers:
+            writer.process.wait(timeout=600)
+            writer.stop()
+        drain = service.start_workers(processes=1, threads=1, queues=[DRAIN_QUEUE], label="drain")
+        wait_for(lambda: service.outbox_rows() < events, timeout=60, what="the drain starting")
+        rows_before, started = service.outbox_rows(), time.monotonic()
+        recorders = {
+            gil: record(drain.pid, seconds, raw_dir / f"drain_{gil}.raw", gil=gil)
+            for gil in (False, True)
+        }
+        for recorder in recorders.values():
+            _finish(recorder, seconds)
+        rate = (rows_before - service.outbox_rows()) / (time.monotonic() - started)
+    notes = [
+        f"the drain alone: dramatiq --queues {DRAIN_QUEUE} -p 1 -t 1, a backlog of {events:,} "
+        f"events written by the commands; {rate:.0f} rows published/s while sampled",
+        f"py-spy {RATE} Hz, {seconds:.0f} s (or until the outbox emptied)",
+        "",
+    ]
+    return "\n\n".join(
+        summary(f"drain_outbox alone, on a backlog: {VIEWS[gil]}", Profile.read(path), notes)
+        for gil, path in ((g, raw_dir / f"drain_{g}.raw") for g in recorders)
+    )
+
+
+def profile(knobs: Knobs, *, keep_logs: bool) -> None:
+    if shutil.which(str(BIN / "py-spy")) is None:
+        raise SystemExit("bench --profile needs py-spy: .venv/bin/pip install -e '.[bench]'")
+    tag = infra.new_tag()
+    log_dir = Path(tempfile.mkdtemp(prefix=f"{tag}_logs_"))
+    raw_dir = Path(tempfile.mkdtemp(prefix=f"{tag}_profiles_"))
+    ctx = Context(
+        tag=tag,
+        knobs=knobs,
+        postgres=infra.Postgres(),
+        routing=Routing.load(listeners_config()),
+        log_dir=log_dir,
+    )
+    header = f"source: {source_fingerprint()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    try:
+        ctx.migrated_template = f"{tag}_migrated"
+        migrate(ctx, ctx.postgres.create(ctx.migrated_template))
+        ctx.seeded_template = build_seeded_template(ctx)
+        log("profiling the API and the workers under the end-to-end load ...")
+        pipeline = profile_pipeline(ctx, raw_dir)
+        log("profiling the drain alone on a backlog ...")
+        drain = profile_drain(ctx, raw_dir)
+    finally:
+        stop_all()
+        ctx.postgres.drop_all(tag)
+        infra.sweep_broker(tag, ctx.broker_url)
+        if not keep_logs:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        shutil.rmtree(raw_dir, ignore_errors=True)
+    PROFILES.mkdir(exist_ok=True)
+    (PROFILES / "pipeline.txt").write_text(f"{header}\n\n{pipeline}\n", encoding="utf-8")
+    (PROFILES / "drain.txt").write_text(f"{header}\n\n{drain}\n", encoding="utf-8")
+    print(pipeline)
+    print()
+    print(drain)
+    log(f"wrote {PROFILES / 'pipeline.txt'} and {PROFILES / 'drain.txt'}")

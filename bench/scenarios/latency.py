@@ -1,0 +1,202 @@
+"""Latency from a command's 200 answer to each listener having applied its event.
+
+Method: only in this scenario's database, a trigger on
+messaging_stream_positions calls ``pg_notify('bench_applied', 'listener sku
+position')`` whenever a listener's position for a SKU advances. PostgreSQL
+delivers a notification when the listener's transaction commits, so a
+watcher thread here, LISTENing on its own connection and blocked in
+select(), timestamps each commit as it becomes visible. The load generator
+timestamps each 200 answer as it reads it. Both use CLOCK_MONOTONIC, which
+is one clock for every process of the machine. A command's latency for a
+listener is the first notification of that listener and SKU at or past the
+command's position, minus its answer time. A second trigger, on the outbox's
+DELETE, times the drain's commit of the event's publication the same way
+(pseudo-listener "drain"), which splits the latency into its two hops.
+
+Resolution: the notification path (commit, delivery to the watcher's socket,
+select() wake-up) is measured before every run by sending probe
+notifications from another connection and timing their arrival; its median
+is reported, and is the floor of what this method can see.
+
+Load: a fixed ``rate`` of commands per second for ``duration`` seconds, open
+loop, alternating increases and shipments over ``latency_skus`` SKUs in
+turn, so a SKU is touched once every skus/rate seconds and its positions are
+known in advance.
+"""
+
+from __future__ import annotations
+
+import bisect
+import select
+import statistics
+import threading
+import time
+from collections import defaultdict
+
+import psycopg2
+import psycopg2.extensions
+
+from ..context import Context
+from ..http_load import LoadRun
+from ..installation import SKU_PREFIX, Installation
+
+CHANNEL = "bench_applied"
+
+TRIGGER = """
+CREATE FUNCTION bench_notify_applied() RETURNS trigger AS $$
+BEGIN
+  -- Only an advance: the listener also locks its row by writing the same position.
+  IF NEW.position > 0 AND (TG_OP = 'INSERT' OR NEW.position <> OLD.position) THEN
+    PERFORM pg_notify('{channel}', NEW.listener || ' ' || NEW.stream || ' ' || NEW.position);
+  END IF;
+  RETURN NULL;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER bench_applied AFTER INSERT OR UPDATE ON {table}
+  FOR EACH ROW EXECUTE FUNCTION bench_notify_applied();
+CREATE FUNCTION bench_notify_published() RETURNS trigger AS $$
+BEGIN
+  IF OLD.stream IS NOT NULL THEN
+    PERFORM pg_notify('{channel}', '{drain} ' || OLD.stream || ' ' || OLD.position);
+  END IF;
+  RETURN NULL;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER bench_published AFTER DELETE ON {outbox}
+  FOR EACH ROW EXECUTE FUNCTION bench_notify_published();
+"""
+
+#: The pseudo-listener whose "applied" is the drain deleting the event's outbox row.
+DRAIN = "drain"
+
+
+class AppliedWatcher:
+    """LISTENs on the trigger's channel and timestamps every notification."""
+
+    def __init__(self, database_url: str) -> None:
+        self.connection = psycopg2.connect(database_url)
+        self.connection.autocommit = True
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"LISTEN {CHANNEL}")
+        self.seen: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="applied-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.connection], [], [], 0.05)
+            if not ready:
+                continue
+            self.connection.poll()
+            now = time.monotonic()
+            while self.connection.notifies:
+                self.seen.append((now, self.connection.notifies.pop(0).payload))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.connection.close()
+
+
+def calibrate(database_url: str, watcher: AppliedWatcher, probes: int = 50) -> float:
+    """Median ms from sending a probe notification to the watcher seeing it."""
+    sender = psycopg2.connect(database_url)
+    sender.autocommit = True
+    sent: dict[str, float] = {}
+    try:
+        with sender.cursor() as cursor:
+            for index in range(probes):
+                payload = f"probe {index}"
+                # Timed from before the statement: an upper bound, as the
+                # notification may arrive before execute() returns.
+                sent[payload] = time.monotonic()
+                cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                time.sleep(0.005)
+    finally:
+        sender.close()
+    time.sleep(0.2)
+    delays = [(at - sent[p]) * 1000 for at, p in watcher.seen if p in sent]
+    watcher.seen = [(at, p) for at, p in watcher.seen if p not in sent]
+    if len(delays) != probes:
+        raise RuntimeError(f"calibration: {len(delays)} of {probes} probes arrived")
+    return statistics.median(delays)
+
+
+def run(ctx: Context) -> dict[str, float]:
+    knobs = ctx.knobs
+    with Installation(ctx, "latency") as service:
+        ctx.postgres.execute(
+            service.name,
+            TRIGGER.format(
+                channel=CHANNEL,
+                drain=DRAIN,
+                table=service.positions_table,
+                outbox=service.outbox_table,
+            ),
+        )
+        watcher = AppliedWatcher(service.database_url)
+        try:
+            resolution_ms = calibrate(service.database_url, watcher)
+            port = service.start_api()
+            service.start_workers()
+            service.probe()
+            load = LoadRun(
+                {
+                    "mode": "paced",
+                    "port": port,
+                    "sku_prefix": SKU_PREFIX,
+                    "skus": knobs.latency_skus,
+                    # Enough that slow answers never hold back the schedule.
+                    "connections": 32,
+                    "rate": knobs.latency_rate,
+                    "duration": knobs.latency_duration,
+                    "start_position": 1,  # the seeded template's increase was the first
+                },
+                timeout=knobs.latency_duration + 60,
+            )
+            result = load.result()
+            service.wait_all_applied(timeout=knobs.latency_settle)
+            time.sleep(0.2)  # the last notifications
+            seen = list(watcher.seen)
+        finally:
+            watcher.close()
+    figures = latencies(result["records"], seen, (DRAIN, *ctx.routing.listeners))
+    figures["latency.resolution_ms"] = resolution_ms
+    figures["latency.late_sends"] = float(result["late_sends"])
+    figures["latency.failures"] = float(sum(result["failures"].values()))
+    figures["latency.http_p50_ms"] = statistics.median(r[3] for r in result["records"]) * 1000
+    return figures
+
+
+def latencies(
+    records: list[list], seen: list[tuple[float, str]], listeners: tuple[str, ...]
+) -> dict[str, float]:
+    """p50/p99 per listener (and the worst listener's) from answers and notifications."""
+    applied: dict[tuple[str, str], tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+    for at, payload in seen:
+        listener, sku, position = payload.split(" ")
+        positions, times = applied[(listener, sku)]
+        # Commits of one listener and SKU are serialised by its row lock, so
+        # positions arrive in increasing order.
+        positions.append(int(position))
+        times.append(at)
+    figures: dict[str, float] = {}
+    for listener in listeners:
+        delays = []
+        for sku, position, answered, _ in records:
+            positions, times = applied[(listener, sku)]
+            index = bisect.bisect_left(positions, position)
+            if index == len(positions):
+                raise RuntimeError(f"{listener} never applied {sku} position {position}")
+            delays.append((times[index] - answered) * 1000)
+        delays.sort()
+        figures[f"latency.{listener}.p50_ms"] = _percentile(delays, 0.50)
+        figures[f"latency.{listener}.p99_ms"] = _percentile(delays, 0.99)
+    for stat in ("p50", "p99"):
+        figures[f"latency.worst.{stat}_ms"] = max(
+            figures[f"latency.{name}.{stat}_ms"] for name in listeners if name != DRAIN
+        )
+    return figures
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    return values[min(len(values) - 1, int(fraction * len(values)))]
