@@ -3,6 +3,7 @@ validation derived from it. Used by web.py; kept true by tests/db/test_openapi.p
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jsonschema
@@ -224,10 +225,14 @@ _TYPES = Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer)
 _Validator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPES)
 
 
+@functools.cache
+def _validator(schema_name: str) -> Any:
+    return _Validator({**DOCUMENT["components"]["schemas"][schema_name], "$defs": {}})
+
+
 def request_body_errors(schema_name: str, body: Any) -> list[str]:
     """Why ``body`` does not fit components/schemas/<schema_name>, one line per problem."""
-    schema = {**DOCUMENT["components"]["schemas"][schema_name], "$defs": {}}
-    validator = _Validator(schema)
+    validator = _validator(schema_name)
     problems = []
     for error in sorted(validator.iter_errors(body), key=lambda e: list(e.path)):
         where = ".".join(str(p) for p in error.path)

@@ -19,7 +19,7 @@ import peewee
 
 from . import context
 from .compiled import CompiledQuery
-from .database import BaseModel, database, is_postgres
+from .database import BaseModel, database, is_postgres, qualified_name
 from .errors import ConfigurationError, NotInTransactionError, OutboxError
 from .message import Message
 from .schemas import SchemaRegistry
@@ -142,9 +142,23 @@ def _advance_stream(stream: str, routing_key: str, position: int) -> dict[str, i
     The caller serialises its stream (the warehouse commands hold the SKU's
     row lock), so reading and advancing the heads cannot interleave.
     """
-    heads = {str(key): int(last) for key, last in _HEADS.rows(stream)}
-    _ADVANCE_HEAD.run(stream, routing_key, position)
+    if is_postgres(database.obj):
+        # One round trip: read the heads as they were, and advance this one.
+        sql = _READ_AND_ADVANCE_SQL.format(heads=qualified_name(StreamHead))
+        cursor = database.execute_sql(sql, (stream, stream, routing_key, position))
+        heads = {str(key): int(last) for key, last in cursor.fetchall()}
+    else:
+        heads = {str(key): int(last) for key, last in _HEADS.rows(stream)}
+        _ADVANCE_HEAD.run(stream, routing_key, position)
     return {key: last for key, last in heads.items() if last < position}
+
+
+_READ_AND_ADVANCE_SQL = (
+    "WITH previous AS (SELECT routing_key, position FROM {heads} WHERE stream = %s), "
+    "advanced AS (INSERT INTO {heads} (stream, routing_key, position) VALUES (%s, %s, %s) "
+    "ON CONFLICT (stream, routing_key) DO UPDATE SET position = EXCLUDED.position) "
+    "SELECT routing_key, position FROM previous"
+)
 
 
 _HEADS = CompiledQuery(
