@@ -4,6 +4,7 @@ validation derived from it. Used by web.py; kept true by tests/db/test_openapi.p
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import jsonschema
@@ -225,14 +226,16 @@ _TYPES = Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer)
 _Validator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPES)
 
 
-@functools.cache
-def _validator(schema_name: str) -> Any:
-    return _Validator({**DOCUMENT["components"]["schemas"][schema_name], "$defs": {}})
+@functools.lru_cache(maxsize=64)
+def _validator(schema_json: str) -> Any:
+    return _Validator({**json.loads(schema_json), "$defs": {}})
 
 
 def request_body_errors(schema_name: str, body: Any) -> list[str]:
     """Why ``body`` does not fit components/schemas/<schema_name>, one line per problem."""
-    validator = _validator(schema_name)
+    # Keyed by the schema itself, so a validator follows any change to the document.
+    schema = DOCUMENT["components"]["schemas"][schema_name]
+    validator = _validator(json.dumps(schema, sort_keys=True))
     problems = []
     for error in sorted(validator.iter_errors(body), key=lambda e: list(e.path)):
         where = ".".join(str(p) for p in error.path)

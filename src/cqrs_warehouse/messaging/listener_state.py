@@ -213,27 +213,25 @@ def next_held(listener: str, stream: str) -> HeldMessage | None:
 
 
 def release(listener: str, stream: str, position: int) -> None:
-    """Forget a held message (it was applied, resent or dead-lettered)."""
-    deleted = (
-        HeldMessage.delete()
-        .where(
-            (HeldMessage.listener == listener)
-            & (HeldMessage.stream == stream)
-            & (HeldMessage.position == position)
-        )
-        .execute()
-    )
-    if deleted:
-        _count_held(listener, stream, -int(deleted))
+    """Forget a held message (it was resent or dead-lettered).
+
+    The stream's held count is left as it is: touching its row here would
+    take the locks in the opposite order to a listener's transaction (row,
+    then held messages) and deadlock with it. The count is a hint that only
+    spares the common case a query; the next apply in the stream, finding
+    nothing held, sets it back to 0.
+    """
+    HeldMessage.delete().where(
+        (HeldMessage.listener == listener)
+        & (HeldMessage.stream == stream)
+        & (HeldMessage.position == position)
+    ).execute()
 
 
 def _count_held(listener: str, stream: str, change: int) -> None:
-    # The count only spares the common case (nothing held) a query: the
-    # periodic sweep of ready held messages does not rely on it.
+    # Only called with the stream's row already locked by this transaction.
     StreamPosition.update(held=StreamPosition.held + change).where(
-        (StreamPosition.listener == listener)
-        & (StreamPosition.stream == stream)
-        & (StreamPosition.held + change >= 0)
+        (StreamPosition.listener == listener) & (StreamPosition.stream == stream)
     ).execute()
 
 

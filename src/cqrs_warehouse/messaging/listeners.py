@@ -215,7 +215,11 @@ def _run_listener(
         try:
             outcome = apply_message(spec, message, registry)
         except CONNECTION_ERRORS as error:
-            logger.warning("listener %s: database unavailable, will retry: %r", spec.name, error)
+            logger.warning(
+                "listener %s: database error (unavailable, deadlock), will retry: %r",
+                spec.name,
+                error,
+            )
             raise
         except Exception as error:
             if attempt < spec.retry.max_attempts:
