@@ -172,6 +172,15 @@ def _reset(spec: ListenerSpec) -> _Snapshot:
             .tuples()
             .iterator()
         }
+        # Held messages were acknowledged to the broker: once deleted here they
+        # live on only in the archive, so the replay must wait for them too.
+        message_ids |= {
+            str(row[0])
+            for row in State.HeldMessage.select(State.HeldMessage.message_id)
+            .where(State.HeldMessage.listener == spec.name)
+            .tuples()
+            .iterator()
+        }
         for model in (State.StreamPosition, State.HeldMessage, State.ProcessedMessage):
             model.delete().where(model.listener == spec.name).execute()
         spec.reset()
