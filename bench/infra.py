@@ -73,6 +73,8 @@ class Postgres:
             # A file-level copy: far faster than writing a backlog again.
             statement += f' TEMPLATE "{template}"'
         with self._admin() as cursor:
+            # One of this run's names, left by an attempt that failed half-way.
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             cursor.execute(statement)
         self.created.append(name)
         return self.url(name)

@@ -95,6 +95,9 @@ class Installation:
             LOG_FORMAT="json",
             WEB_CONCURRENCY=str(knobs.web_concurrency),
             GUNICORN_THREADS=str(knobs.gunicorn_threads),
+            # The workers keep Prometheus files per installation, in the temporary
+            # folder by default and never removed: keep them with this run's logs.
+            dramatiq_prom_db=str(self.ctx.log_dir / f"{self.name}-metrics"),
             **extra,
         )
 

@@ -41,6 +41,7 @@ _SERVICE_VARIABLES = (
     "GUNICORN_ACCESS_LOG",
     "API_TOKEN",
     "PROMETHEUS_MULTIPROC_DIR",
+    "dramatiq_prom_db",
 )
 
 _running: list[Service] = []

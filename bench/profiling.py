@@ -36,9 +36,10 @@ from .context import Context, Routing, listeners_config
 from .http_load import LoadRun
 from .installation import SKU_PREFIX, Installation, build_seeded_template, migrate
 from .knobs import Knobs
-from .processes import BIN, Service, stop_all, wait_for
+from .processes import BIN, Service, wait_for
+from .scenarios.backlog import Templates
 from .scenarios.pipeline import DRAIN_QUEUE
-from .suite import log, source_fingerprint
+from .suite import clean_up, log, source_fingerprint
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 RATE = 100  # samples per second per thread
@@ -322,11 +323,7 @@ def profile(knobs: Knobs, *, keep_logs: bool) -> None:
         log("profiling the drain alone on a backlog ...")
         drain = profile_drain(ctx, raw_dir)
     finally:
-        stop_all()
-        ctx.postgres.drop_all(tag)
-        infra.sweep_broker(tag, ctx.broker_url)
-        if not keep_logs:
-            shutil.rmtree(log_dir, ignore_errors=True)
+        clean_up(ctx, Templates(ctx), keep_logs=keep_logs)
         shutil.rmtree(raw_dir, ignore_errors=True)
     PROFILES.mkdir(exist_ok=True)
     (PROFILES / "pipeline.txt").write_text(f"{header}\n\n{pipeline}\n", encoding="utf-8")

@@ -26,7 +26,9 @@ def render(ctx: Context, env: Environment, results: Results, table: list[Row]) -
         _warnings(env, results),
         _machine(env, results),
         "## Results\n\n" + markdown_table(table),
-        "## Targets\n\n" + _targets(results, listeners, knobs.backlog_large, knobs.backlog_small),
+        "## Targets\n\n"
+        + _targets(results, listeners, knobs.backlog_large, knobs.backlog_small)
+        + _backlog_note(results, len(listeners), knobs.backlog_large, knobs.backlog_target_s),
         _cpu(results),
         _scaling(results, listeners),
         _method(ctx),
@@ -134,6 +136,19 @@ def _targets(results: Results, listeners: tuple[str, ...], large: int, small: in
         f"| {_verdict(flat)} |"
     )
     return "\n".join(lines)
+
+
+def _backlog_note(results: Results, fan_out: int, large: int, target_s: float) -> str:
+    bare = results.median("bare_actor.dps")
+    if not bare:
+        return ""
+    needed = large * fan_out / target_s
+    return (
+        f"\n\nThe backlog target means {large * fan_out:,} deliveries ({fan_out} listeners) in "
+        f"{target_s:g} s, {needed:,.0f} deliveries/s: {needed / bare:.1f}x what the bare "
+        f"Dramatiq actor ({bare:,.0f}/s) reaches here with one transaction per message. It "
+        "asks for several deliveries per transaction (or per commit), not only a cheaper one."
+    )
 
 
 def _cpu(results: Results) -> str:

@@ -119,7 +119,7 @@ def run_suite(
             for name, scenario in chosen:
                 _run_one(ctx, results, name, scenario, run)
     finally:
-        _clean_up(ctx, templates, keep_logs=keep_logs)
+        clean_up(ctx, templates, keep_logs=keep_logs)
     end_source = source_fingerprint()
     # Only the hash: the git state may change with files the service does not run.
     if end_source.split("sha256")[-1] != source.split("sha256")[-1]:
@@ -132,7 +132,7 @@ def run_suite(
     return ctx, environment, results
 
 
-def _clean_up(ctx: Context, templates: backlog.Templates, *, keep_logs: bool) -> None:
+def clean_up(ctx: Context, templates: backlog.Templates, *, keep_logs: bool) -> None:
     """Every process, database, queue and log this run made; each step even if one
     before it failed."""
     steps = [

@@ -39,6 +39,7 @@ import psycopg2.extensions
 from ..context import Context
 from ..http_load import LoadRun
 from ..installation import SKU_PREFIX, Installation
+from ..processes import wait_for
 
 CHANNEL = "bench_applied"
 
@@ -155,6 +156,13 @@ def run(ctx: Context) -> dict[str, float]:
             )
             result = load.result()
             service.wait_all_applied(timeout=knobs.latency_settle)
+            # The drain deletes its rows after RabbitMQ took them, so its commit
+            # may come after the listeners' commits: wait for it too.
+            wait_for(
+                lambda: service.outbox_rows() == 0,
+                timeout=knobs.latency_settle,
+                what="the outbox emptied",
+            )
             time.sleep(0.2)  # the last notifications
             seen = list(watcher.seen)
         finally:
