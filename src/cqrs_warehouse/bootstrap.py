@@ -91,7 +91,11 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
     if settings.broker_url is None:
         broker = StubBroker()
     else:
-        broker = EventRoutingRabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+        broker = EventRoutingRabbitmqBroker(
+            url=settings.broker_url,
+            confirm_delivery=True,
+            listener_batch_size=settings.listener_batch_size,
+        )
     broker.add_middleware(DatabaseConnections())
     broker.add_middleware(CurrentMessage())
     dramatiq.set_broker(broker)
@@ -124,9 +128,8 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
         for spec in routing.listeners
     }
     drain = Drain(publisher, batch_size=settings.drain_batch_size)
-    drain_actor = build_drain_actor(
-        broker, drain.run, queue_name=settings.queue_name("outbox_drain")
-    )
+    drain_queue = settings.queue_name("outbox_drain")
+    drain_actor = build_drain_actor(broker, drain.run, queue_name=drain_queue)
 
     def nudge() -> None:
         drain_actor.send()
@@ -145,6 +148,8 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
     )
     waker = DrainWaker(
         nudge,
+        drain=drain.run,
+        drain_queue=drain_queue,
         on_sweep=lambda: resend_ready_held(send),
         database_url=settings.database_url,
         notify_channel=settings.notify_channel,

@@ -25,6 +25,7 @@ class Settings:
     low_quantity_threshold: int = 5
     sweep_interval: float = 2.0
     drain_batch_size: int = 500
+    listener_batch_size: int = 100
     api_token: str | None = None
     max_body_bytes: int = 16384
     consistency_timeout: float = 5.0
@@ -50,6 +51,7 @@ class Settings:
             low_quantity_threshold=_number(env, "LOW_QUANTITY_THRESHOLD", 5, int, minimum=0),
             sweep_interval=_number(env, "OUTBOX_SWEEP_INTERVAL", 2.0, float, minimum=0.05),
             drain_batch_size=_number(env, "OUTBOX_BATCH_SIZE", 500, int, minimum=1),
+            listener_batch_size=_number(env, "LISTENER_BATCH_SIZE", 100, int, minimum=1),
             api_token=env.get("API_TOKEN") or None,
             max_body_bytes=_number(env, "MAX_BODY_BYTES", 16384, int, minimum=64),
             consistency_timeout=_number(env, "CONSISTENCY_TIMEOUT", 5.0, float, minimum=0.0),

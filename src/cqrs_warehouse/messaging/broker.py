@@ -4,27 +4,43 @@ RabbitMQ routes one published message through the topic exchange to every
 bound listener queue, with a single body. Dramatiq's consumer expects that
 body to be a Dramatiq message naming its actor, and no Dramatiq broker
 consumes from an exchange fan-out, so ``EventRoutingRabbitmqBroker``'s
-consumer turns each of our Avro deliveries into a Dramatiq message for the
-actor that owns the queue it arrived on. Everything else (acks, retries,
-delays, reconnects) stays Dramatiq's own.
+consumer turns our Avro deliveries into a Dramatiq message for the actor
+that owns the queue they arrived on. Everything else (acks, retries, delays,
+reconnects) stays Dramatiq's own.
+
+Batches: Dramatiq hands an actor one message per call, and a listener that
+commits once per message is bound by its commits. So the consumer puts
+every Avro delivery that RabbitMQ has already sent it (up to
+``listener_batch_size``) into one Dramatiq message whose arguments are their
+envelopes, and acks them all when the actor is done; the listener applies
+them in one transaction (``listeners.run_listener_batch``). It never waits
+for a batch to fill: an idle queue still hands over each message at once.
+No Dramatiq or pika API batches deliveries, hence this consumer.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import uuid
+from functools import partial
 from typing import Any
 
 import dramatiq
 import pika
 import pika.exceptions
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.common import dq_name
+from dramatiq.errors import ConnectionClosed
 
 from .transport import envelope_from_amqp
 
 
 class EventRoutingRabbitmqBroker(RabbitmqBroker):
+    def __init__(self, *, listener_batch_size: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.listener_batch_size = listener_batch_size
+
     @property
     def consumer_class(self) -> type:
         return _EventRoutingConsumer
@@ -34,26 +50,133 @@ class EventRoutingRabbitmqBroker(RabbitmqBroker):
         return owners[0] if len(owners) == 1 else None
 
 
-class _EventRoutingConsumer(_RabbitmqConsumer):
-    def __init__(self, broker: EventRoutingRabbitmqBroker, queue_name: str, *args: Any) -> None:
-        super().__init__(broker, queue_name, *args)
-        self.owner = broker.queue_owner(queue_name)
-        self.iterator = self._translate(self.iterator)
+class _Deliveries(MessageProxy):
+    """One Dramatiq message standing for one or more RabbitMQ deliveries."""
 
-    def _translate(self, deliveries: Iterator[Any]) -> Iterator[Any]:
-        for method, properties, body in deliveries:
-            if method is not None and self.owner is not None:
-                envelope = envelope_from_amqp(properties, body)
-                if envelope is not None:
-                    body = dramatiq.Message(
-                        queue_name=self.queue_name,
-                        actor_name=self.owner,
-                        args=(envelope,),
-                        kwargs={},
-                        options={},
-                        message_id=envelope["id"] or "",
-                    ).encode()
-            yield method, properties, body
+    def __init__(self, redelivered: bool, tags: list[int], message: dramatiq.Message) -> None:
+        super().__init__(message)
+        self.redelivered = redelivered
+        self.tags = tags
+
+
+class _EventRoutingConsumer(_RabbitmqConsumer):
+    def __init__(
+        self, broker: EventRoutingRabbitmqBroker, queue_name: str, prefetch: int, timeout: int
+    ) -> None:
+        self.owner = broker.queue_owner(queue_name)
+        self.batch_size = broker.listener_batch_size if self.owner is not None else 1
+        if self.batch_size > 1:
+            # Room for two batches per queue: one being applied while the
+            # next one arrives (Dramatiq's default is two messages per thread).
+            prefetch = max(prefetch, 2 * self.batch_size)
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self.iterator = _Lookahead(self.iterator)
+
+    def __next__(self) -> Any:
+        delivery = self.iterator.peek()
+        envelope = self._envelope(delivery)
+        if envelope is None:
+            # A timeout, an error, or a Dramatiq message (a retry, a resend,
+            # the drain's wake-up): Dramatiq's own consumer code takes it.
+            return super().__next__()
+        envelopes, tags, redelivered = [], [], False
+        while envelope is not None:
+            method = next(self.iterator)[0]
+            envelopes.append(envelope)
+            tags.append(method.delivery_tag)
+            redelivered = redelivered or bool(method.redelivered)
+            if len(envelopes) >= self.batch_size or not self._waiting():
+                break
+            # Anything but one of our deliveries ends the batch, and is left
+            # for the next call.
+            envelope = self._envelope(self.iterator.peek())
+        assert self.owner is not None  # (only an owned queue's deliveries have envelopes)
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=self.queue_name,
+            actor_name=self.owner,
+            args=tuple(envelopes),
+            kwargs={},
+            options={},
+            message_id=str(envelopes[0]["id"] or "") if len(envelopes) == 1 else str(uuid.uuid4()),
+        )
+        self.known_tags.update(tags)
+        return _Deliveries(redelivered, tags, message)
+
+    def _envelope(self, delivery: Any) -> dict[str, Any] | None:
+        if self.owner is None or delivery is None or delivery[0] is None:
+            return None
+        return envelope_from_amqp(delivery[1], delivery[2])
+
+    def _waiting(self) -> bool:
+        """Whether a delivery can be read without waiting for RabbitMQ."""
+        if self.channel.get_waiting_message_count():
+            return True
+        # Take in what has reached the socket meanwhile, without blocking.
+        self.connection.process_data_events(time_limit=0)
+        return bool(self.channel.get_waiting_message_count())
+
+    def ack(self, message: Any) -> None:
+        if not isinstance(message, _Deliveries):
+            return super().ack(message)
+        self._settle(message, partial(self._ack_tags, message.tags))
+
+    def nack(self, message: Any) -> None:
+        if not isinstance(message, _Deliveries):
+            return super().nack(message)
+        self._settle(message, partial(self._nack_tags, message.tags))
+
+    def _settle(self, message: _Deliveries, action: Any) -> None:
+        if not set(message.tags) <= self.known_tags:
+            # Delivered on a connection since replaced: RabbitMQ redelivers them.
+            self.logger.warning(
+                "Failed to settle %d deliveries: not in known tags.", len(message.tags)
+            )
+            return
+        self.known_tags.difference_update(message.tags)
+        try:
+            self.connection.add_callback_threadsafe(action)
+        except pika.exceptions.AMQPError as error:
+            raise ConnectionClosed(error) from None
+
+    def _ack_tags(self, tags: list[int]) -> None:
+        for tag in tags:
+            self.channel.basic_ack(tag)
+
+    def _nack_tags(self, tags: list[int]) -> None:
+        for tag in tags:
+            self.channel.basic_nack(tag, requeue=False)
+
+
+class _Lookahead:
+    """A consumer's deliveries, with the next one readable before it is taken.
+
+    An error met while reading ahead is raised again by ``next``, where
+    Dramatiq's consumer code turns it into its ConnectionClosed.
+    """
+
+    def __init__(self, deliveries: Any) -> None:
+        self._deliveries = deliveries
+        self._ahead: list[tuple[Any, BaseException | None]] = []
+
+    def __iter__(self) -> _Lookahead:
+        return self
+
+    def __next__(self) -> Any:
+        if self._ahead:
+            delivery, error = self._ahead.pop()
+            if error is not None:
+                raise error
+            return delivery
+        return next(self._deliveries)
+
+    def peek(self) -> Any:
+        """The next delivery, left in place; None if reading it failed."""
+        if not self._ahead:
+            try:
+                self._ahead.append((next(self._deliveries), None))
+            except Exception as error:
+                self._ahead.append((None, error))
+        return self._ahead[0][0]
 
 
 def _short_lived(parameters: Any) -> pika.BlockingConnection:

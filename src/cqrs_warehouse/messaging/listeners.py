@@ -27,7 +27,9 @@ from typing import Any
 
 import dramatiq
 import peewee
+from dramatiq.common import compute_backoff
 from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF
 
 from . import consistency, context, dead_letters, listener_state, metrics, outbox
 from .database import database
@@ -68,6 +70,57 @@ def apply_message(
     spec: ListenerSpec, message: Message, registry: SchemaRegistry | None = None
 ) -> Outcome:
     """Run ``spec``'s handler on ``message`` exactly once, in stream order."""
+    return apply_messages(spec, [message], registry)[0]
+
+
+def apply_messages(
+    spec: ListenerSpec,
+    messages: list[Message],
+    registry: SchemaRegistry | None = None,
+    *,
+    correlation_ids: list[str | None] | None = None,
+) -> list[Outcome]:
+    """``apply_message`` for each of ``messages``, in one transaction.
+
+    If any handler fails, nothing of the batch is kept (the error is raised).
+    The caller orders the messages: by stream, then position, to lock rows
+    in the same order as every other batch (see ``batch_order``). With
+    ``correlation_ids``, each message is applied (and logs) under its own.
+    """
+    registry = registry or outbox.current().registry
+    outcomes = []
+    applied: dict[str, int] = {}  # stream -> the last position applied in it
+    with outbox.transaction():
+        for index, message in enumerate(messages):
+            if correlation_ids is None:
+                outcome, position = _apply(spec, message, registry)
+            else:
+                with context.bound(
+                    correlation_id=correlation_ids[index],
+                    message_id=message.id,
+                    message_type=message.type,
+                ):
+                    outcome, position = _apply(spec, message, registry)
+            outcomes.append(outcome)
+            if position is not None and message.stream is not None:
+                applied[message.stream] = position
+        if _announce_channel is not None and spec.name in _announced:
+            for stream, position in applied.items():
+                consistency.notify_applied(_announce_channel, spec.name, stream, position)
+    for stream, position in applied.items():
+        consistency.signal_applied(spec.name, stream, position)
+    return outcomes
+
+
+def batch_order(message: Message) -> tuple[bool, str, int]:
+    """Sort key of a batch: by stream then position, messages without a stream last."""
+    return (message.stream is None, message.stream or "", message.position or 0)
+
+
+def _apply(
+    spec: ListenerSpec, message: Message, registry: SchemaRegistry
+) -> tuple[Outcome, int | None]:
+    """One message, inside the listener's transaction: (outcome, position applied)."""
     if not spec.accepts(message.routing_key):
         logger.warning(
             "listener %s skipped %s (%s): none of its bindings match",
@@ -75,36 +128,31 @@ def apply_message(
             message.id,
             message.routing_key,
         )
-        return Outcome.UNBOUND
-    registry = registry or outbox.current().registry
-    with outbox.transaction():
-        if message.stream is None or message.position is None:
-            if not listener_state.first_time(spec.name, message.id):
-                return Outcome.DUPLICATE
-            spec.handler(message)
-            return Outcome.APPLIED
-        stream, position = message.stream, message.position
-        required = required_position(spec, message)
-        held = listener_state.claim(spec.name, stream, position, required)
-        if held is None:
-            # Not next, or a stream new to this listener: decide on the locked row.
-            applied, held = listener_state.lock_position(spec.name, stream)
-            if position <= applied:
-                return Outcome.DUPLICATE
-            if required > applied:
-                listener_state.hold(spec.name, message, required, registry)
-                return Outcome.HELD
-            listener_state.set_position(spec.name, stream, position, held)
+        return Outcome.UNBOUND, None
+    if message.stream is None or message.position is None:
+        if not listener_state.first_time(spec.name, message.id):
+            return Outcome.DUPLICATE, None
         spec.handler(message)
-        applied = position
-        if held:
-            # (A held copy of this very message is dropped there too.)
-            applied, held = _apply_held_successors(spec, stream, applied, held, registry)
-            listener_state.set_position(spec.name, stream, applied, held)
-        if _announce_channel is not None and spec.name in _announced:
-            consistency.notify_applied(_announce_channel, spec.name, stream, applied)
-    consistency.signal_applied(spec.name, stream, applied)
-    return Outcome.APPLIED
+        return Outcome.APPLIED, None
+    stream, position = message.stream, message.position
+    required = required_position(spec, message)
+    held = listener_state.claim(spec.name, stream, position, required)
+    if held is None:
+        # Not next, or a stream new to this listener: decide on the locked row.
+        applied, held = listener_state.lock_position(spec.name, stream)
+        if position <= applied:
+            return Outcome.DUPLICATE, None
+        if required > applied:
+            listener_state.hold(spec.name, message, required, registry)
+            return Outcome.HELD, None
+        listener_state.set_position(spec.name, stream, position, held)
+    spec.handler(message)
+    applied = position
+    if held:
+        # (A held copy of this very message is dropped there too.)
+        applied, held = _apply_held_successors(spec, stream, applied, held, registry)
+        listener_state.set_position(spec.name, stream, applied, held)
+    return Outcome.APPLIED, applied
 
 
 def required_position(spec: ListenerSpec, message: Message) -> int:
@@ -236,6 +284,73 @@ def _run_listener(
     return outcome
 
 
+def run_listener_batch(
+    spec: ListenerSpec,
+    envelopes: tuple[dict[str, Any], ...],
+    registry: SchemaRegistry,
+    *,
+    attempt: int,
+    retry_later: Callable[[dict[str, Any], int], None],
+) -> None:
+    """What a listener actor does with several deliveries at once (see broker.py).
+
+    They are applied in one transaction, in stream order. If a handler fails,
+    the transaction is undone and each message is applied on its own as
+    ``run_listener`` would, so that one failing message neither holds back
+    nor fails the others: the ones that fail go to ``retry_later(envelope,
+    attempt)``, to come back alone after a backoff, and are dead-lettered
+    after the listener's last attempt like any message. A database
+    connection error fails the whole batch, which Dramatiq retries (the
+    messages applied meanwhile are then recognised as duplicates).
+    """
+    batch: list[tuple[Message, dict[str, Any]]] = []
+    for envelope in envelopes:
+        try:
+            batch.append((message_from_envelope(envelope, registry, spec.reads), envelope))
+        except SchemaError:
+            run_listener(spec, envelope, registry, attempt=attempt)  # dead-letters it
+    batch.sort(key=lambda item: batch_order(item[0]))
+    correlation_ids = [_text(envelope.get("correlation_id")) for _, envelope in batch]
+    try:
+        with context.bound(listener=spec.name):
+            outcomes = apply_messages(
+                spec, [message for message, _ in batch], registry, correlation_ids=correlation_ids
+            )
+    except CONNECTION_ERRORS as error:
+        logger.warning(
+            "listener %s: database error (unavailable, deadlock), will retry %d messages: %r",
+            spec.name,
+            len(batch),
+            error,
+        )
+        metrics.count_listener_outcome(spec.name, "retried", len(batch))
+        raise
+    except Exception as error:
+        logger.info(
+            "listener %s: a batch of %d failed (%r); applying its messages one by one",
+            spec.name,
+            len(batch),
+            error,
+        )
+        for _, envelope in batch:
+            try:
+                run_listener(spec, envelope, registry, attempt=attempt)
+            except CONNECTION_ERRORS:
+                raise
+            except Exception:
+                retry_later(envelope, attempt)
+        return
+    for (message, _), correlation_id, outcome in zip(batch, correlation_ids, outcomes, strict=True):
+        metrics.count_listener_outcome(spec.name, str(outcome))
+        with context.bound(
+            correlation_id=correlation_id,
+            message_id=message.id,
+            message_type=message.type,
+            listener=spec.name,
+        ):
+            logger.info("listener %s: %s (attempt %d)", spec.name, outcome, attempt)
+
+
 def build_listener_actor(
     broker: dramatiq.Broker,
     spec: ListenerSpec,
@@ -244,18 +359,34 @@ def build_listener_actor(
     registry: SchemaRegistry,
     on_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> dramatiq.Actor:
-    def run(envelope: dict[str, Any]) -> None:
-        run_listener(spec, envelope, registry, attempt=_current_attempt(), on_done=on_done)
+    min_backoff = max(1, int(spec.retry.min_delay * 1000))
+    max_backoff = min(max(1, int(spec.retry.max_delay * 1000)), DEFAULT_MAX_BACKOFF)
+
+    def retry_later(envelope: dict[str, Any], attempt: int) -> None:
+        # What Dramatiq's Retries middleware does with a failed message, for
+        # one message of a batch: back off, then come again as attempt + 1.
+        _, delay = compute_backoff(attempt - 1, factor=min_backoff, max_backoff=max_backoff)
+        broker.enqueue(actor.message_with_options(args=(envelope,), retries=attempt), delay=delay)
+
+    def run(*envelopes: dict[str, Any]) -> None:
+        # One envelope per delivery; several when the consumer batched them.
+        if len(envelopes) == 1:
+            run_listener(spec, envelopes[0], registry, attempt=_current_attempt(), on_done=on_done)
+        else:
+            run_listener_batch(
+                spec, envelopes, registry, attempt=_current_attempt(), retry_later=retry_later
+            )
 
     run.__name__ = run.__qualname__ = f"listen_{spec.name}"
-    return dramatiq.actor(
+    actor: dramatiq.Actor = dramatiq.actor(
         broker=broker,
         actor_name=listener_actor_name(spec),
         queue_name=queue_name,
         retry_when=_always_retry,
-        min_backoff=max(1, int(spec.retry.min_delay * 1000)),
-        max_backoff=max(1, int(spec.retry.max_delay * 1000)),
+        min_backoff=min_backoff,
+        max_backoff=max_backoff,
     )(run)
+    return actor
 
 
 def build_drain_actor(

@@ -37,13 +37,13 @@ def _counter(name: str, documentation: str, labels: list[str]) -> Any:
     return counter
 
 
-def count_listener_outcome(listener: str, outcome: str) -> None:
+def count_listener_outcome(listener: str, outcome: str, count: int = 1) -> None:
     """outcome: applied, duplicate, held, unbound, retried or dead_lettered."""
     _counter(
         "cqrs_listener_messages_total",
         "Messages a listener handled, by outcome.",
         ["listener", "outcome"],
-    ).labels(listener, outcome).inc()
+    ).labels(listener, outcome).inc(count)
 
 
 def count_published(count: int) -> None:

@@ -4,11 +4,19 @@
 it keeps between messages and drops after a connection error, so a worker
 recovers by itself from a database restart.
 
-``DrainWaker`` runs one thread per worker process that sends the drain
-actor a message when the outbox has something: on PostgreSQL when a
-committed transaction NOTIFYs the outbox channel, and on every platform once
-per sweep interval, which catches a wake-up that was lost. The sweep also
-runs ``on_sweep`` (bootstrap passes the resend of stuck held messages).
+``DrainWaker`` runs one thread per worker process that wakes the drain when
+the outbox has something: on PostgreSQL when a committed transaction
+NOTIFYs the outbox channel, and on every platform once per sweep interval,
+which catches a wake-up that was lost. The sweep also runs ``on_sweep``
+(bootstrap passes the resend of stuck held messages).
+
+On PostgreSQL, in a process that consumes the drain's queue, the thread runs
+the drain itself: a wake-up is then one query away from the publish, with
+no broker round trip and no actor in between, and every notification that
+arrives while it drains is coalesced into one more pass. Several such
+processes drain side by side (the drain claims rows with SKIP LOCKED).
+Elsewhere (SQLite, the in-process broker) a wake-up is a message to the
+drain actor.
 """
 
 from __future__ import annotations
@@ -74,12 +82,17 @@ class DrainWaker(Middleware):
         self,
         wake: Callable[[], Any],
         *,
+        drain: Callable[[], Any] | None = None,
+        drain_queue: str | None = None,
         on_sweep: Callable[[], Any] | None = None,
         database_url: str,
         notify_channel: str,
         sweep_interval: float,
     ) -> None:
         self.wake = wake
+        self.drain = drain
+        self.drain_queue = drain_queue
+        self.drains_here = True  # whether this process consumes drain_queue
         self.on_sweep = on_sweep
         self.database_url = database_url
         self.notify_channel = notify_channel
@@ -88,6 +101,10 @@ class DrainWaker(Middleware):
         self._thread: threading.Thread | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        # A worker started with --queues that leave out the drain's queue
+        # does not drain (the processes that consume it do).
+        queues = getattr(worker, "consumer_whitelist", None)
+        self.drains_here = not queues or self.drain_queue is None or self.drain_queue in queues
         self.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
@@ -104,17 +121,22 @@ class DrainWaker(Middleware):
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        self._send()  # whatever waited while no worker ran
-        while not self._stop.is_set():
-            try:
-                if is_postgres(database.obj):
-                    self._listen_and_wake()
-                else:
-                    self._stop.wait(self.sweep_interval)
-                    self._sweep()
-            except Exception:
-                logger.warning("drain waker failed; retrying in a second", exc_info=True)
-                self._stop.wait(1.0)
+        try:
+            self._send()  # whatever waited while no worker ran
+            while not self._stop.is_set():
+                try:
+                    if is_postgres(database.obj):
+                        self._listen_and_wake()
+                    else:
+                        self._stop.wait(self.sweep_interval)
+                        self._sweep()
+                except Exception:
+                    logger.warning("drain waker failed; retrying in a second", exc_info=True)
+                    self._stop.wait(1.0)
+        finally:
+            # The connection the drain and the sweep used in this thread.
+            if not database.is_closed():
+                database.close()
 
     def _listen_and_wake(self) -> None:
         # A connection of its own, outside peewee's per-thread one: LISTEN
@@ -150,7 +172,22 @@ class DrainWaker(Middleware):
             logger.warning("the periodic sweep failed", exc_info=True)
 
     def _send(self) -> None:
+        if not self.drains_here:
+            return
+        if self.drain is not None and is_postgres(database.obj):
+            self._drain_now()
+            return
         try:
             self.wake()
         except Exception:
             logger.warning("could not send the drain a wake-up", exc_info=True)
+
+    def _drain_now(self) -> None:
+        assert self.drain is not None
+        try:
+            self.drain()
+        except Exception as error:
+            # The rows stay in the outbox; the next notification or sweep
+            # publishes them.
+            logger.warning("the outbox drain failed; the next wake-up retries", exc_info=True)
+            drop_broken_connection(error)

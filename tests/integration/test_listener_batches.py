@@ -1,0 +1,73 @@
+"""Listener batches against a real RabbitMQ and PostgreSQL, with a real Dramatiq worker.
+
+The drain publishes a backlog first, so that RabbitMQ has many deliveries
+ready when the worker starts: its consumer then hands the listener actor
+several at a time (at most LISTENER_BATCH_SIZE), and acks every one of them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from cqrs_warehouse.messaging.testing import create_watcher_table, watched_messages
+from cqrs_warehouse.warehouse.commands import increase_product_quantity
+from tests.conftest import unique_name
+from tests.e2e.harness import assert_eventually
+from tests.integration.test_rabbitmq_drain import Installation
+
+
+class ArgumentCounts(Middleware):
+    """How many envelopes each message handed to the listener actor carried."""
+
+    def __init__(self, actor_name: str) -> None:
+        self.actor_name = actor_name
+        self.counts: list[int] = []
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        if message.actor_name == self.actor_name:
+            self.counts.append(len(message.args))
+
+
+def test_a_worker_applies_ready_deliveries_in_batches_each_once_and_acks_them_all(
+    installations: Callable[..., Installation],
+) -> None:
+    installation = installations()
+    runtime = installation.runtime
+    runtime.broker.listener_batch_size = 8  # read when the worker's consumers start
+    create_watcher_table()
+    skus = [unique_name("sku") for _ in range(5)]
+    ids = [increase_product_quantity(sku, n).id for n in range(1, 13) for sku in skus]
+    assert runtime.drain.run() == len(ids)
+    assert installation.queued("everything") == len(ids)
+
+    actor = runtime.listener_actors["everything"]
+    counts = ArgumentCounts(actor.actor_name)
+    runtime.broker.add_middleware(counts)
+    worker = dramatiq.Worker(
+        runtime.broker, queues={installation.queue("everything")}, worker_threads=2
+    )
+    worker.start()
+    try:
+
+        def all_applied() -> None:
+            assert len(watched_messages()) == len(ids)
+
+        assert_eventually(all_applied)
+    finally:
+        worker.stop(timeout=10_000)
+
+    watched = watched_messages()
+    assert Counter(m.id for m in watched) == Counter(ids)  # each exactly once
+    for sku in skus:  # and each stream in order
+        assert [m.position for m in watched if m.stream == sku] == list(range(1, 13))
+    assert sum(counts.counts) == len(ids)
+    assert max(counts.counts) <= 8
+    assert max(counts.counts) > 1, counts.counts  # 60 were ready: some came together
+    # Unacknowledged deliveries would be back in the queue once the worker's
+    # connections closed.
+    assert installation.queued("everything") == 0
