@@ -25,11 +25,13 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 from dramatiq.middleware.prometheus import Prometheus  # noqa: E402
 
 from . import logs  # noqa: E402
+from .background_logging import FlushLogsAtShutdown, write_in_background  # noqa: E402
 from .bootstrap import bootstrap  # noqa: E402
 from .messaging.errors import MessagingError  # noqa: E402
 from .settings import Settings  # noqa: E402
 
 logs.configure()
+write_in_background()
 try:
     runtime = bootstrap(Settings.from_env())
 except MessagingError as error:
@@ -37,5 +39,6 @@ except MessagingError as error:
     print(f"cqrs-warehouse worker: {error}", file=sys.__stderr__, flush=True)
     raise SystemExit(2) from None
 broker = runtime.broker
+broker.add_middleware(FlushLogsAtShutdown())
 # Metrics of every worker process, served by dramatiq on dramatiq_prom_port (9191).
 broker.add_middleware(Prometheus())
