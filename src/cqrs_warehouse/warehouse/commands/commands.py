@@ -6,10 +6,8 @@ from __future__ import annotations
 import logging
 import re
 
-import peewee
-
 from cqrs_warehouse.messaging import outbox
-from cqrs_warehouse.messaging.compiled import CompiledQuery
+from cqrs_warehouse.messaging.database import database, qualified_name
 from cqrs_warehouse.messaging.message import Message
 
 from ..errors import (
@@ -32,32 +30,48 @@ MAX_STOCK = 2**63 - 1
 _SKU = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-_INCREASE = CompiledQuery(
-    lambda sku, quantity: (
-        ProductStock.insert(sku=sku, quantity=quantity, version=1)
-        .on_conflict(
-            conflict_target=[ProductStock.sku],
-            update={
-                ProductStock.quantity: ProductStock.quantity + peewee.EXCLUDED.quantity,
-                ProductStock.version: ProductStock.version + 1,
-            },
-            where=(ProductStock.quantity <= MAX_STOCK - peewee.EXCLUDED.quantity),
-        )
-        .returning(ProductStock.version)
-    ),
-    "\x01sku",
-    10**15 + 7,
+class _StockStatement:
+    """A statement on the stock table, as SQL written out once per kind of
+    database (its schema and placeholder differ); it returns the SKU's new
+    version, or no row when the command's condition does not hold.
+
+    Plain SQL rather than a peewee query: it is the command transaction's
+    first statement, which ``outbox.transaction_starting_with`` sends in one
+    round trip with BEGIN on PostgreSQL.
+    """
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self._by_kind: dict[type, str] = {}
+
+    def sql(self) -> str:
+        kind = type(database.obj)
+        sql = self._by_kind.get(kind)
+        if sql is None:
+            sql = self._by_kind[kind] = self.template.format(
+                stock=qualified_name(ProductStock),
+                row=f'"{ProductStock._meta.table_name}"',
+                p=database.param,
+            )
+        return sql
+
+
+# Insert the SKU or add to it, unless that would pass the limit.
+# Parameters: sku, quantity, MAX_STOCK.
+_INCREASE = _StockStatement(
+    "INSERT INTO {stock} (sku, quantity, version) VALUES ({p}, {p}, 1) "
+    "ON CONFLICT (sku) DO UPDATE SET quantity = {row}.quantity + EXCLUDED.quantity, "
+    "version = {row}.version + 1 "
+    "WHERE {row}.quantity <= {p} - EXCLUDED.quantity "
+    "RETURNING version"
 )
-_SHIP = CompiledQuery(
-    lambda sku, quantity: (
-        ProductStock.update(
-            quantity=ProductStock.quantity - quantity, version=ProductStock.version + 1
-        )
-        .where((ProductStock.sku == sku) & (ProductStock.quantity >= quantity))
-        .returning(ProductStock.version)
-    ),
-    "\x01sku",
-    10**15 + 7,
+# Take from the SKU if that many are on hand; the condition is checked on the
+# locked row, so concurrent shipments of one SKU never take more than is there.
+# Parameters: quantity, sku, quantity.
+_SHIP = _StockStatement(
+    "UPDATE {stock} SET quantity = quantity - {p}, version = version + 1 "
+    "WHERE sku = {p} AND quantity >= {p} "
+    "RETURNING version"
 )
 
 
@@ -83,10 +97,7 @@ def increase_product_quantity(sku: str, quantity: int) -> Message:
     """Add ``quantity`` to the stock of ``sku``. Emits ProductQuantityIncreased v1."""
     validate_sku(sku)
     validate_quantity(quantity)
-    with outbox.transaction():
-        # One statement: insert the SKU or add to it, unless that would pass
-        # the limit (then no row comes back).
-        rows = _INCREASE.rows(sku, quantity)
+    with outbox.transaction_starting_with(_INCREASE.sql(), (sku, quantity, MAX_STOCK)) as rows:
         if not rows:
             raise StockLimitExceededError(
                 f"increasing {sku} by {quantity} would pass the maximum stock of {MAX_STOCK}"
@@ -110,10 +121,7 @@ def ship_product_quantity(sku: str, quantity: int) -> Message:
     """
     validate_sku(sku)
     validate_quantity(quantity)
-    with outbox.transaction():
-        # The condition is checked on the locked row: concurrent shipments
-        # of one SKU never take more than is there.
-        rows = _SHIP.rows(sku, quantity)
+    with outbox.transaction_starting_with(_SHIP.sql(), (quantity, sku, quantity)) as rows:
         if not rows:
             raise InsufficientQuantityOnHandError(
                 f"cannot ship {quantity} of {sku}: not that many on hand"
