@@ -55,7 +55,7 @@ class BackgroundWriter(logging.Handler):
         self._pending.append(line)
         if self._closed or len(self._pending) > MAX_PENDING:
             self.flush()
-        else:
+        elif not self._wake.is_set():  # (setting it costs a lock and a notify)
             self._wake.set()
 
     def flush(self) -> None:
