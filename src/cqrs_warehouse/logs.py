@@ -28,7 +28,8 @@ class RedactCredentials(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = mask_credentials(message)
+        # Every URL the pattern masks has "://"; most lines have none.
+        masked = mask_credentials(message) if "://" in message else message
         if masked != message:
             record.msg, record.args = masked, None
         if record.exc_info:

@@ -8,6 +8,7 @@ bootstraps from the environment and refuses to run without BROKER_URL.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import re
@@ -36,6 +37,7 @@ from .warehouse.views.products import ProductResource, ProductsResource
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 Check = Callable[[], None]
@@ -57,6 +59,16 @@ class _Metrics:
         self.commands = Counter(
             "cqrs_commands_total", "Commands by outcome.", ["command", "outcome"]
         )
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def labels(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, kept: prometheus_client converts the values
+        and takes a lock on every call; the set of label values stays small."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
 
 _metrics: _Metrics | None = None
@@ -96,12 +108,12 @@ class _RequestContext:
         status = resp.status_code
         elapsed = time.perf_counter() - getattr(req.context, "started", time.perf_counter())
         metrics = _process_metrics()
-        metrics.requests.labels(route, req.method, str(status)).inc()
-        metrics.durations.labels(route, req.method).observe(elapsed)
+        metrics.labels(metrics.requests, route, req.method, str(status)).inc()
+        metrics.labels(metrics.durations, route, req.method).observe(elapsed)
         command = getattr(req.context, "command", None)
         if command is not None:
             outcome = "accepted" if status < 300 else "refused" if status < 500 else "failed"
-            metrics.commands.labels(command, outcome).inc()
+            metrics.labels(metrics.commands, command, outcome).inc()
         logger.info(
             "%s %s %d %.1fms",
             req.method,
@@ -274,6 +286,12 @@ def build_app(
         _Hardening(api_token=settings.api_token, max_body_bytes=settings.max_body_bytes),
     ]
     app = falcon.App(middleware=middleware)
+    # Falcon's default JSON handler builds a json.JSONEncoder per response
+    # (json.dumps with ensure_ascii=False); this one is built once and writes
+    # the same bytes.
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(
+        dumps=_JSON_ENCODER.encode
+    )
     app.set_error_serializer(_json_error)
     gate = gate or ConsistencyGate(listener="products_view", timeout=settings.consistency_timeout)
     app.add_route("/warehouse/products", ProductsResource(gate))

@@ -36,8 +36,12 @@ class InvalidConsistencyTokenError(MessagingError):
     """A consistency token that this service did not issue."""
 
 
+# Built once: json.dumps with separators builds an encoder per call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_token(stream: str, position: int) -> str:
-    raw = json.dumps([stream, position], separators=(",", ":")).encode()
+    raw = _COMPACT_JSON.encode([stream, position]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
