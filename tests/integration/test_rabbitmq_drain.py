@@ -248,3 +248,34 @@ def test_a_drain_that_cannot_reach_the_broker_raises_publish_error_and_keeps_eve
         installation.runtime.drain.run()
 
     assert outbox_ids() == [m.id for m in messages]
+
+
+def test_a_batch_that_rabbitmq_refuses_in_part_keeps_every_row_and_is_published_again(
+    installations: Callable[..., Installation], sku: str
+) -> None:
+    installation = installations()
+    first = run_commands(sku)
+    assert installation.runtime.drain.run() == 3  # declares the exchange and queues
+    full = f"{installation.prefix}full"
+    # A queue that takes one message and nacks the rest (reject-publish).
+    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    try:
+        channel = connection.channel()
+        arguments = {"x-max-length": 1, "x-overflow": "reject-publish"}
+        channel.queue_declare(queue=full, durable=True, arguments=arguments)
+        channel.queue_bind(queue=full, exchange=f"{installation.prefix}{EXCHANGE}", routing_key="#")
+        second = run_commands(sku)
+
+        with pytest.raises(PublishError, match="refused 2 of 3"):
+            installation.runtime.drain.run()
+        assert outbox_ids() == [m.id for m in second]
+
+        channel.queue_purge(queue=full)
+        channel.queue_delete(queue=full)
+    finally:
+        connection.close()
+    assert installation.runtime.drain.run() == 3
+    assert outbox_ids() == []
+    taken = [d.properties.message_id for d in installation.take_all("everything")]
+    # The refused batch went to the other queues once before, and again now.
+    assert taken == [m.id for m in [*first, *second, *second]]
