@@ -4,6 +4,10 @@ Building a statement's SQL costs peewee about 0.1-0.2 ms of Python; on the
 hot paths (a listener's transaction, a command's outbox append) that was the
 largest CPU share in the profiles (bench/profiles), while the statements only
 differ in their values. Used by the messaging core and by slices' handlers.
+
+On PostgreSQL they are also prepared once per connection
+(``outbox.execute_prepared``): PostgreSQL then skips parsing and planning
+them, most of its CPU for such short statements.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import peewee
 
-from .database import database
+from .database import database, is_postgres
 
 
 class CompiledQuery:
@@ -38,6 +42,10 @@ class CompiledQuery:
         """Execute with ``values`` (in the order of the samples); returns the cursor."""
         sql, order = self._sql()
         params = [constant if i is None else values[i] for i, constant in order]
+        if is_postgres(database.obj):
+            from .outbox import execute_prepared  # (outbox builds its own CompiledQuery)
+
+            return execute_prepared(sql, params)
         return database.execute_sql(sql, params)
 
     def rows(self, *values: Any) -> list[tuple]:
