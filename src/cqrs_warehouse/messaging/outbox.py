@@ -385,12 +385,24 @@ def _prepare_text(sql: str) -> _Prepared:
     with _prepared_lock:
         statement = _prepared_sql.get(sql)
         if statement is None:
-            name = f"cqrs_{len(_prepared_sql) + 1}"
+            name = _statement_name(sql, len(_prepared_sql) + 1)
             execute = f"EXECUTE {name}({', '.join(arguments)})" if arguments else f"EXECUTE {name}"
             statement = _prepared_sql[sql] = _Prepared(
                 name=name, prepare=f"PREPARE {name} AS {body}", execute=execute
             )
     return statement
+
+
+_FIRST_TABLE = re.compile(r'(?:INSERT INTO|UPDATE|FROM)\s+(?:"\w+"\.)?"?(\w+)"?', re.IGNORECASE)
+
+
+def _statement_name(sql: str, number: int) -> str:
+    """``cqrs_<n>_<the first table it names>``: pg_stat_activity shows a prepared
+    statement's session as ``EXECUTE <name>(...)``, so an operator (or a test)
+    looking for what waits on a table still finds it by the table's name."""
+    match = _FIRST_TABLE.search(sql)
+    table = match.group(1) if match else "statement"
+    return f"cqrs_{number}_{table}"[:63]  # PostgreSQL's longest identifier
 
 
 def pending_records(limit: int | None = None) -> list[OutboxRecord]:
