@@ -297,6 +297,10 @@ def transaction_starting_with(sql: str, params: Sequence[Any]) -> Iterator[list[
     one round trip fewer per command than peewee's ``atomic()``, which sends
     BEGIN on its own. Inside a transaction, and on other databases, this is
     ``transaction()`` plus the statement.
+
+    The block runs statements and ``append``; it cannot open a nested
+    transaction (peewee refuses ``atomic()`` inside a manual-commit block):
+    wrap several commands in ``transaction()`` instead, which they join.
     """
     if database.in_transaction() or not is_postgres(database.obj):
         with transaction():
