@@ -146,8 +146,9 @@ def _backlog_note(results: Results, fan_out: int, large: int, target_s: float) -
     return (
         f"\n\nThe backlog target means {large * fan_out:,} deliveries ({fan_out} listeners) in "
         f"{target_s:g} s, {needed:,.0f} deliveries/s: {needed / bare:.1f}x what the bare "
-        f"Dramatiq actor ({bare:,.0f}/s) reaches here with one transaction per message. It "
-        "asks for several deliveries per transaction (or per commit), not only a cheaper one."
+        f"Dramatiq actor ({bare:,.0f}/s) reaches here with one transaction per message. The "
+        "service's listeners apply what RabbitMQ has already delivered in one transaction "
+        "(up to LISTENER_BATCH_SIZE), so a backlog is applied in batches."
     )
 
 
@@ -204,8 +205,8 @@ def _scaling(results: Results, listeners: tuple[str, ...]) -> str:
         "",
         "Every worker process started by `dramatiq cqrs_warehouse.worker` consumes the drain "
         "queue too, unless `--queues` leaves it out; several drains claim different rows "
-        "(`FOR UPDATE SKIP LOCKED`). Every process also runs the NOTIFY waker, which sends the "
-        "drain actor one message per notification burst.",
+        "(`FOR UPDATE SKIP LOCKED`). On PostgreSQL the drain runs in each such process's "
+        "NOTIFY thread, one pass per burst of notifications.",
         "",
     ]
     service_ms = sum(
@@ -225,16 +226,16 @@ def _scaling(results: Results, listeners: tuple[str, ...]) -> str:
             "trips add nothing.",
         ]
         tx = m("amqp.tx_batched")
-        if single and tx:
+        if single and batched:
             lines.append(
                 f"- The drain: one drain thread is bounded by its broker round trips: raw, "
                 f"{single:,.0f} messages/s with a confirm per message, {fmt(batched)} with "
-                f"confirms per batch and {fmt(tx)} with a transaction per batch (measured "
-                f"above), i.e. at most {tx * fan_out:,.0f} deliveries/s with {fan_out} "
-                "listeners per drain thread whatever the core count (less the outbox's own "
-                "SELECT/DELETE and the per-message logging); several drains claim different "
-                "rows (SKIP LOCKED), so drains add up until RabbitMQ's or PostgreSQL's own "
-                "CPU is the bound."
+                f"confirms per batch (what the drain does) and {fmt(tx)} with a transaction "
+                f"per batch (measured above), i.e. at most {batched * fan_out:,.0f} "
+                f"deliveries/s with {fan_out} listeners per drain thread whatever the core count "
+                "(less the outbox's own SELECT/DELETE and the per-message logging); several "
+                "drains claim different rows (SKIP LOCKED), so drains add up until RabbitMQ's "
+                "or PostgreSQL's own CPU is the bound."
             )
         if bare:
             lines.append(
@@ -244,8 +245,9 @@ def _scaling(results: Results, listeners: tuple[str, ...]) -> str:
                 "first."
             )
         lines.append(
-            "- Beyond one machine: PostgreSQL commits (one fsync per listener transaction with "
-            "synchronous_commit=on; group commit helps under concurrency) and the per-SKU row "
+            "- Beyond one machine: PostgreSQL commits (one fsync per listener transaction, i.e. "
+            "per batch, with synchronous_commit=on; group commit helps under concurrency) and "
+            "the per-SKU row "
             "locks of messaging_stream_positions serialise each stream, so many SKUs scale and "
             "a single hot SKU does not. Each RabbitMQ queue is served by one Erlang process: a "
             "listener's queue is a ceiling of its own (typically tens of thousands of "
@@ -302,7 +304,8 @@ def _method(ctx: Context) -> str:
   connection (the worker processes, not their parent nor the Prometheus fork); the drain rate
   is the outbox's row count going down.
 - **Raw AMQP**: a durable topic exchange bound to {len(ctx.routing.listeners)} durable queues
-  (the listeners' fan-out), persistent messages with the drain's properties;
+  (the listeners' fan-out; the server's default queue version, where the service declares
+  classic queues of version 2), persistent messages with the drain's properties;
   {k.amqp_single_messages:,} messages with pika's BlockingChannel in confirm mode (a round
   trip each), then {k.amqp_batched_messages:,} published {k.amqp_batch} at a time with one wait
   for their confirms per batch (pika's SelectConnection), then the same in one AMQP
