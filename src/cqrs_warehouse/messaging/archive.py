@@ -69,7 +69,9 @@ def archive_message(message: Message) -> None:
         message_id=message.id,
         type=message.type,
         schema_version=version,
-        payload=registry.encode(message.type, version, message.payload),
+        payload=message.encoded
+        if message.encoded is not None
+        else registry.encode(message.type, version, message.payload),
         stream=message.stream,
         position=message.position,
         predecessors=json.dumps(message.predecessors) if message.predecessors else None,

@@ -37,6 +37,9 @@ class Message:
     #: Set when the payload was resolved from another version than it was
     #: written with (the handler reads ``schema_version``).
     written_version: int | None = None
+    #: The Avro binary it arrived as, in the version it was written with, when
+    #: a listener received it (spares re-encoding it, e.g. to archive it).
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def routing_key(self) -> str:

@@ -123,6 +123,8 @@ def message_from_envelope(
         stream=stream,
         position=position,
         predecessors=predecessors,
+        # (A held message comes back in its reader's version: not as written.)
+        encoded=data if version == routed_version else None,
     )
 
 
