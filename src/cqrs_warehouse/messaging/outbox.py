@@ -13,7 +13,7 @@ import logging
 import re
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -287,44 +287,6 @@ def transaction() -> Iterator[None]:
         yield
 
 
-@contextmanager
-def transaction_starting_with(sql: str, params: Sequence[Any]) -> Iterator[list[tuple]]:
-    """``transaction()`` whose first statement is ``sql``; yields its rows.
-
-    For a command whose transaction starts with its state change: on
-    PostgreSQL, when no transaction is open yet, BEGIN travels in the same
-    round trip as that statement (psycopg2 sends both in one query string),
-    one round trip fewer per command than peewee's ``atomic()``, which sends
-    BEGIN on its own. Inside a transaction, and on other databases, this is
-    ``transaction()`` plus the statement.
-
-    The block runs statements and ``append``; it cannot open a nested
-    transaction (peewee refuses ``atomic()`` inside a manual-commit block):
-    wrap several commands in ``transaction()`` instead, which they join.
-    """
-    if database.in_transaction() or not is_postgres(database.obj):
-        with transaction():
-            yield _rows(database.execute_sql(sql, params))
-        return
-    current()  # refuse to start before bootstrap, as transaction() does
-    # Connect first (peewee opens a connection on first use): opening one
-    # resets the thread's transaction stack.
-    database.connection()
-    # peewee's manual-commit block marks the thread as in a transaction (so
-    # outbox.append accepts) without sending BEGIN itself.
-    with database.manual_commit():
-        try:
-            yield _rows(execute_prepared(sql, params, prefix="BEGIN; "))
-        except BaseException:
-            database.rollback()
-            raise
-        database.commit()
-
-
-def _rows(cursor: Any) -> list[tuple]:
-    return list(cursor.fetchall()) if cursor.description else []
-
-
 # --- prepared statements (PostgreSQL) ------------------------------------------
 #
 # PostgreSQL parses and plans every statement it is sent as text; for the
@@ -351,14 +313,13 @@ _prepared_on: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictiona
 _prepared_lock = threading.Lock()
 
 
-def execute_prepared(sql: str, params: Any, *, prefix: str = "") -> Any:
-    """``database.execute_sql(prefix + sql, params)`` on PostgreSQL, with ``sql``
+def execute_prepared(sql: str, params: Any) -> Any:
+    """``database.execute_sql(sql, params)`` on PostgreSQL, with ``sql``
     parsed and planned once per connection; returns the cursor.
 
     ``sql`` uses psycopg2's placeholders, either all ``%s`` (``params`` a
     sequence) or all ``%(name)s`` (``params`` a mapping), never ``%%``;
     PostgreSQL infers the parameters' types from where they are used.
-    ``prefix`` is SQL sent before it in the same round trip (e.g. BEGIN).
     """
     statement = _prepared_sql.get(sql) or _prepare_text(sql)
     connection = database.connection()
@@ -367,7 +328,7 @@ def execute_prepared(sql: str, params: Any, *, prefix: str = "") -> Any:
         database.execute_sql(statement.prepare)
         with _prepared_lock:
             _prepared_on.setdefault(connection, set()).add(statement.name)
-    return database.execute_sql(prefix + statement.execute, params)
+    return database.execute_sql(statement.execute, params)
 
 
 def _prepare_text(sql: str) -> _Prepared:

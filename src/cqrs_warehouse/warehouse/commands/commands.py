@@ -7,7 +7,7 @@ import logging
 import re
 
 from cqrs_warehouse.messaging import outbox
-from cqrs_warehouse.messaging.database import database, qualified_name
+from cqrs_warehouse.messaging.database import database, is_postgres, qualified_name
 from cqrs_warehouse.messaging.message import Message
 
 from ..errors import (
@@ -35,14 +35,22 @@ class _StockStatement:
     database (its schema and placeholder differ); it returns the SKU's new
     version, or no row when the command's condition does not hold.
 
-    Plain SQL rather than a peewee query: it is the command transaction's
-    first statement, which ``outbox.transaction_starting_with`` sends in one
-    round trip with BEGIN on PostgreSQL.
+    Plain SQL, so that one version serves every database; on PostgreSQL it
+    is prepared once per connection (``outbox.execute_prepared``), and as the
+    transaction's first statement it carries the BEGIN (messaging.database).
     """
 
     def __init__(self, template: str) -> None:
         self.template = template
         self._by_kind: dict[type, str] = {}
+
+    def rows(self, *values: object) -> list[tuple]:
+        sql = self.sql()
+        if is_postgres(database.obj):
+            cursor = outbox.execute_prepared(sql, values)
+        else:
+            cursor = database.execute_sql(sql, values)
+        return list(cursor.fetchall())
 
     def sql(self) -> str:
         kind = type(database.obj)
@@ -97,7 +105,8 @@ def increase_product_quantity(sku: str, quantity: int) -> Message:
     """Add ``quantity`` to the stock of ``sku``. Emits ProductQuantityIncreased v1."""
     validate_sku(sku)
     validate_quantity(quantity)
-    with outbox.transaction_starting_with(_INCREASE.sql(), (sku, quantity, MAX_STOCK)) as rows:
+    with outbox.transaction():
+        rows = _INCREASE.rows(sku, quantity, MAX_STOCK)
         if not rows:
             raise StockLimitExceededError(
                 f"increasing {sku} by {quantity} would pass the maximum stock of {MAX_STOCK}"
@@ -121,7 +130,8 @@ def ship_product_quantity(sku: str, quantity: int) -> Message:
     """
     validate_sku(sku)
     validate_quantity(quantity)
-    with outbox.transaction_starting_with(_SHIP.sql(), (quantity, sku, quantity)) as rows:
+    with outbox.transaction():
+        rows = _SHIP.rows(quantity, sku, quantity)
         if not rows:
             raise InsufficientQuantityOnHandError(
                 f"cannot ship {quantity} of {sku}: not that many on hand"
