@@ -6,7 +6,7 @@ largest CPU share in the profiles (bench/profiles), while the statements only
 differ in their values. Used by the messaging core and by slices' handlers.
 
 On PostgreSQL they are also prepared once per connection
-(``outbox.execute_prepared``): PostgreSQL then skips parsing and planning
+(``database.execute_prepared``): PostgreSQL then skips parsing and planning
 them, most of its CPU for such short statements.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import peewee
 
-from .database import database, is_postgres
+from .database import database, execute_prepared, is_postgres
 
 
 class CompiledQuery:
@@ -43,8 +43,6 @@ class CompiledQuery:
         sql, order = self._sql()
         params = [constant if i is None else values[i] for i, constant in order]
         if is_postgres(database.obj):
-            from .outbox import execute_prepared  # (outbox builds its own CompiledQuery)
-
             return execute_prepared(sql, params)
         return database.execute_sql(sql, params)
 

@@ -7,7 +7,12 @@ import logging
 import re
 
 from cqrs_warehouse.messaging import outbox
-from cqrs_warehouse.messaging.database import database, is_postgres, qualified_name
+from cqrs_warehouse.messaging.database import (
+    database,
+    execute_prepared,
+    is_postgres,
+    qualified_name,
+)
 from cqrs_warehouse.messaging.message import Message
 
 from ..errors import (
@@ -36,7 +41,7 @@ class _StockStatement:
     version, or no row when the command's condition does not hold.
 
     Plain SQL, so that one version serves every database; on PostgreSQL it
-    is prepared once per connection (``outbox.execute_prepared``), and as the
+    is prepared once per connection (``database.execute_prepared``), and as the
     transaction's first statement it carries the BEGIN (messaging.database).
     """
 
@@ -47,7 +52,7 @@ class _StockStatement:
     def rows(self, *values: object) -> list[tuple]:
         sql = self.sql()
         if is_postgres(database.obj):
-            cursor = outbox.execute_prepared(sql, values)
+            cursor = execute_prepared(sql, values)
         else:
             cursor = database.execute_sql(sql, values)
         return list(cursor.fetchall())
