@@ -30,11 +30,15 @@ import pika.exceptions
 from .database import BaseModel
 from .errors import PayloadDecodeError, PublishError
 from .message import Message, routing_key_for
-from .outbox import OutboxRecord
 from .routing import RoutingConfig
 from .schemas import SchemaRegistry
 
 logger = logging.getLogger(__name__)
+
+#: An outbox row to publish: an OutboxRecord, or a row with its attributes
+#: (id, message_id, type, schema_version, payload, stream, position,
+#: correlation_id, predecessors) as the drain claims them on PostgreSQL.
+OutboxRow = Any
 
 #: AMQP content type that marks a body as one of our Avro messages.
 AVRO_CONTENT_TYPE = "application/avro"
@@ -136,7 +140,7 @@ def _is_position_map(value: Any) -> bool:
 
 
 class Publisher(Protocol):
-    def publish(self, records: Sequence[OutboxRecord]) -> Callable[[], None] | None:
+    def publish(self, records: Sequence[OutboxRow]) -> Callable[[], None] | None:
         """Publish every record; return only once the broker has accepted them all.
 
         May return an action to run once the drain's transaction has committed.
@@ -175,7 +179,7 @@ class InProcessPublisher:
         self.routing = routing
         self.actors = actors  # listener name -> actor name
 
-    def publish(self, records: Sequence[OutboxRecord]) -> Callable[[], None]:
+    def publish(self, records: Sequence[OutboxRow]) -> Callable[[], None]:
         deliveries = []
         for record in records:
             key = routing_key_for(record.type, record.schema_version)
@@ -251,7 +255,7 @@ class RabbitmqPublisher:
         self.bindings = bindings
         self._local = threading.local()
 
-    def publish(self, records: Sequence[OutboxRecord]) -> None:
+    def publish(self, records: Sequence[OutboxRow]) -> None:
         # A connection idle in this thread may have been closed by the broker
         # (missed heartbeats, a restart) without pika noticing until it is
         # used: try once more on a fresh one. Rows are only deleted once
@@ -267,7 +271,7 @@ class RabbitmqPublisher:
                         f"publishing to exchange {self.exchange!r} failed: {error!r}"
                     ) from error
 
-    def _publish(self, records: Sequence[OutboxRecord]) -> None:
+    def _publish(self, records: Sequence[OutboxRow]) -> None:
         connection, channel, confirms = self._channel()
         # pika's BlockingChannel.basic_publish flushes the socket after every
         # message and, in confirm mode, waits for its confirm. The channel
@@ -384,7 +388,7 @@ def declare_topology(
             channel.queue_bind(queue=queue_name, exchange=exchange, routing_key=pattern)
 
 
-def _properties(record: OutboxRecord) -> pika.BasicProperties:
+def _properties(record: OutboxRow) -> pika.BasicProperties:
     headers: dict[str, Any] = {"schema_version": record.schema_version}
     if record.stream is not None:
         headers["stream"] = record.stream
