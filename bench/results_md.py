@@ -31,6 +31,7 @@ def render(ctx: Context, env: Environment, results: Results, table: list[Row]) -
         + _backlog_note(results, len(listeners), knobs.backlog_large, knobs.backlog_target_s),
         _cpu(results),
         _scaling(results, listeners),
+        _notes(),
         _method(ctx),
         _runtime(results),
         _profiles(),
@@ -277,7 +278,8 @@ def _method(ctx: Context) -> str:
   counted. Bare Falcon: the same routes, one peewee insert+commit per POST, no validation,
   logging, metrics or outbox.
 - **Sustained deliveries/s**: API + workers together, {k.e2e_connections} closed-loop clients
-  (fewer, so that the API does not starve the listeners), {k.e2e_warmup:g} s warm-up, then the
+  (as many as for the API alone, so that the machine, not the clients, is the bound: the lag
+  shows whether the listeners keep up), {k.e2e_warmup:g} s warm-up, then the
   growth over {k.e2e_window:g} s of the sum over listeners and SKUs of
   messaging_stream_positions.position (each unit is one delivery applied). The lag is the
   events committed (sum of warehouse_product_stock.version) minus the slowest listener's sum at
@@ -312,6 +314,12 @@ def _method(ctx: Context) -> str:
   transaction per batch (`tx_select`/`tx_commit`).
 - **Runs**: the scenarios are interleaved (run 1 of each, then run 2 ...), so that a busy
   moment of the shared machine is spread over the service and its baselines."""
+
+
+def _notes() -> str:
+    """bench/NOTES.md, written by hand: what was done, and what stands in the way."""
+    path = Path(__file__).resolve().parent / "NOTES.md"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else ""
 
 
 def _runtime(results: Results) -> str:

@@ -107,10 +107,17 @@ class ListenerSpec:
         return declared_reads(self.handler)
 
     def accepts(self, routing_key: str) -> bool:
-        return any(topic_matches(binding, routing_key) for binding in self.bindings)
+        return _accepts(self.bindings, routing_key)
 
     def matching_binding(self, routing_key: str) -> str | None:
         return next((b for b in self.bindings if topic_matches(b, routing_key)), None)
+
+
+@lru_cache(maxsize=4096)
+def _accepts(bindings: tuple[str, ...], routing_key: str) -> bool:
+    # Asked for every message and each of its predecessors' keys, of which
+    # there are few kinds: remembered rather than matched again.
+    return any(topic_matches(binding, routing_key) for binding in bindings)
 
 
 @dataclass(frozen=True)
