@@ -6,6 +6,7 @@ reads the settings and listeners.yaml; it connects to nothing until the
 worker runs.
 """
 
+import gc
 import os
 import sys
 import tempfile
@@ -42,3 +43,8 @@ broker = runtime.broker
 broker.add_middleware(FlushLogsAtShutdown())
 # Metrics of every worker process, served by dramatiq on dramatiq_prom_port (9191).
 broker.add_middleware(Prometheus())
+# What is loaded by now (modules, schemas, actors) lives as long as the
+# process: out of the collector's sight, a full collection no longer walks it
+# (measured: 20 ms with every thread stopped, against a few microseconds),
+# which would otherwise land on whichever message is being applied.
+gc.freeze()
