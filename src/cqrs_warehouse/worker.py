@@ -8,6 +8,8 @@ worker runs.
 
 import gc
 import os
+import re
+import shutil
 import sys
 import tempfile
 
@@ -16,6 +18,7 @@ import tempfile
 # Prometheus middleware keeps one folder per machine by default; one per
 # installation (QUEUE_PREFIX) keeps several installations' metrics apart.
 _installation = os.environ.get("QUEUE_PREFIX") or "default"
+_own_metrics_dir = "dramatiq_prom_db" not in os.environ
 _metrics_dir = os.environ.setdefault(
     "dramatiq_prom_db",  # dramatiq's own (lower-case) name
     os.path.join(tempfile.gettempdir(), f"cqrs-warehouse-{_installation}-metrics"),
@@ -23,6 +26,7 @@ _metrics_dir = os.environ.setdefault(
 os.makedirs(_metrics_dir, exist_ok=True)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
+from dramatiq.middleware import Middleware  # noqa: E402
 from dramatiq.middleware.prometheus import Prometheus  # noqa: E402
 
 from . import logs  # noqa: E402
@@ -30,6 +34,37 @@ from .background_logging import FlushLogsAtShutdown, write_in_background  # noqa
 from .bootstrap import bootstrap  # noqa: E402
 from .messaging.errors import MessagingError  # noqa: E402
 from .settings import Settings  # noqa: E402
+
+
+class _RemoveMetricsWhenLast(Middleware):
+    """Removes the installation's metrics folder when its last worker process
+    stops (after Prometheus's middleware has marked this one dead), so that
+    installations that come and go (tests, benchmarks) leave nothing behind.
+    A folder given in dramatiq_prom_db is the operator's and stays."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def after_worker_shutdown(self, broker: object, worker: object) -> None:
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        # prometheus_client names its files <kind>_<pid>.db.
+        pids = {int(m.group(1)) for n in names if (m := re.search(r"_(\d+)\.db$", n))}
+        if not any(_alive(pid) for pid in pids - {os.getpid()}):
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 logs.configure()
 write_in_background()
@@ -43,6 +78,8 @@ broker = runtime.broker
 broker.add_middleware(FlushLogsAtShutdown())
 # Metrics of every worker process, served by dramatiq on dramatiq_prom_port (9191).
 broker.add_middleware(Prometheus())
+if _own_metrics_dir:
+    broker.add_middleware(_RemoveMetricsWhenLast(_metrics_dir))
 # What is loaded by now (modules, schemas, actors) lives as long as the
 # process: out of the collector's sight, a full collection no longer walks it
 # (measured: 20 ms with every thread stopped, against a few microseconds),
