@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import peewee
 
 from . import dead_letters, listener_state, outbox
-from .database import BaseModel, database, is_postgres, qualified_name
+from .database import BaseModel, database, execute_prepared, is_postgres, qualified_name
 from .errors import MessagingError
 from .listeners import apply_message
 from .message import Message
@@ -65,18 +65,33 @@ def archive_message(message: Message) -> None:
 
     version = message.written_version or message.schema_version
     registry = outbox.current().registry
-    ArchivedMessage.insert(
-        message_id=message.id,
-        type=message.type,
-        schema_version=version,
-        payload=message.encoded
+    row = {
+        "message_id": message.id,
+        "type": message.type,
+        "schema_version": version,
+        "payload": message.encoded
         if message.encoded is not None
         else registry.encode(message.type, version, message.payload),
-        stream=message.stream,
-        position=message.position,
-        predecessors=json.dumps(message.predecessors) if message.predecessors else None,
-        correlation_id=context.correlation_id.get(),
-    ).on_conflict_ignore().execute()
+        "stream": message.stream,
+        "position": message.position,
+        "predecessors": json.dumps(message.predecessors) if message.predecessors else None,
+        "correlation_id": context.correlation_id.get(),
+        "archived_at": _utcnow(),
+    }
+    if is_postgres(database.obj):
+        # A third of all deliveries: one statement prepared once per
+        # connection rather than built by peewee and parsed each time.
+        execute_prepared(_ARCHIVE_SQL.format(archive=qualified_name(ArchivedMessage)), row)
+    else:
+        ArchivedMessage.insert(**row).on_conflict_ignore().execute()
+
+
+_ARCHIVE_SQL = (
+    "INSERT INTO {archive} (message_id, type, schema_version, payload, stream, position, "
+    "predecessors, correlation_id, archived_at) VALUES (%(message_id)s, %(type)s, "
+    "%(schema_version)s, %(payload)s, %(stream)s, %(position)s, %(predecessors)s, "
+    "%(correlation_id)s, %(archived_at)s) ON CONFLICT DO NOTHING"
+)
 
 
 def prune(older_than: datetime.timedelta) -> int:

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import defaultdict
 
-from .database import database, is_postgres
+from .database import database, execute_prepared, is_postgres
 from .errors import MessagingError
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def notify_applied(channel: str, listener: str, stream: str, position: int) -> N
     """Inside the listener's transaction: PostgreSQL delivers it on commit."""
     if is_postgres(database.obj):
         payload = _SEPARATOR.join((listener, stream, str(position)))
-        database.execute_sql("SELECT pg_notify(%s, %s)", (channel, payload))
+        execute_prepared("SELECT pg_notify(%s, %s)", (channel, payload))
 
 
 class _Waiters:
