@@ -38,21 +38,31 @@ from .settings import Settings  # noqa: E402
 
 class _RemoveMetricsWhenLast(Middleware):
     """Removes the installation's metrics folder when its last worker process
-    stops (after Prometheus's middleware has marked this one dead), so that
-    installations that come and go (tests, benchmarks) leave nothing behind.
-    A folder given in dramatiq_prom_db is the operator's and stays."""
+    stops, so that installations that come and go (tests, benchmarks) leave
+    nothing behind. A folder given in dramatiq_prom_db is the operator's and
+    stays.
+
+    A stopping process first removes its own files (its counters leave the
+    sums, which Prometheus reads as a counter reset), then the folder if no
+    file of a live process is left: of processes stopping together, the
+    last to remove its files sees none left.
+    """
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
 
     def after_worker_shutdown(self, broker: object, worker: object) -> None:
+        own = f"_{os.getpid()}.db"
         try:
+            for name in os.listdir(self.folder):
+                if name.endswith(own):
+                    os.remove(os.path.join(self.folder, name))
             names = os.listdir(self.folder)
         except OSError:
             return
         # prometheus_client names its files <kind>_<pid>.db.
         pids = {int(m.group(1)) for n in names if (m := re.search(r"_(\d+)\.db$", n))}
-        if not any(_alive(pid) for pid in pids - {os.getpid()}):
+        if not any(_alive(pid) for pid in pids):
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
