@@ -32,8 +32,11 @@ def at_most(maximum: float) -> Callable[[float, float | None], bool]:
     return lambda value, ratio: value <= maximum
 
 
-def figures(listeners: tuple[str, ...], small: int, large: int) -> list[Figure]:
-    """Every reported figure, in table order; ``small``/``large`` are the backlog sizes."""
+def figures(
+    listeners: tuple[str, ...], small: int, large: int, few_threads: int = 2
+) -> list[Figure]:
+    """Every reported figure, in table order; ``small``/``large`` are the backlog sizes,
+    ``few_threads`` the worker threads of the second latency layout."""
     rows = [
         Figure("amqp.per_message", "Raw AMQP publish, confirm per message", "msg/s"),
         Figure("amqp.batched", "Raw AMQP publish, confirms per batch of 500", "msg/s"),
@@ -87,6 +90,17 @@ def figures(listeners: tuple[str, ...], small: int, large: int) -> list[Figure]:
                     digits=1,
                 )
             )
+    for stat, limit in (("p50", 3.0), ("p99", 10.0)):
+        rows.append(
+            Figure(
+                f"latency_t.worst.{stat}_ms",
+                f"Latency with dramatiq -t {few_threads}: slowest listener's {stat}",
+                "ms",
+                target=f"<= {limit:g} ms",
+                check=at_most(limit),
+                digits=1,
+            )
+        )
     rows += [
         Figure(
             "latency.resolution_ms", "  latency method's own delay (probe median)", "ms", digits=2

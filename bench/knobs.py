@@ -45,6 +45,7 @@ class Knobs:
     latency_duration: float = 10.0
     latency_skus: int = 200
     latency_settle: float = 30.0  # longest wait for the last commands after the load
+    latency_worker_threads: int = 2  # the second latency layout: dramatiq -t 2
 
     # Backlog: events waiting in the outbox before the workers start.
     backlog_small: int = 20_000

@@ -110,7 +110,9 @@ class Row:
 
 def rows(results: Results, listeners: tuple[str, ...], knobs: Knobs) -> list[Row]:
     out = []
-    for figure in figures(listeners, knobs.backlog_small, knobs.backlog_large):
+    for figure in figures(
+        listeners, knobs.backlog_small, knobs.backlog_large, knobs.latency_worker_threads
+    ):
         value = results.median(figure.key)
         baseline = results.median(figure.baseline) if figure.baseline else None
         ratio = (

@@ -31,7 +31,7 @@ from .scenarios import api, backlog, baselines, latency, pipeline
 POSTGRES_SETTINGS = ("fsync", "synchronous_commit", "shared_buffers", "max_connections")
 
 # The scenarios that start from the seeded template.
-SEEDED_SCENARIOS = ("service", "latency", "scaling")
+SEEDED_SCENARIOS = ("service", "latency", "scaling")  # (name prefixes)
 
 Scenario = Callable[[Context], dict[str, float]]
 
@@ -45,6 +45,7 @@ def scenarios(templates: backlog.Templates) -> list[tuple[str, Scenario]]:
         ("service API commands/s", api.run),
         ("service end to end", pipeline.run),
         ("latency at fixed rate", latency.run),
+        ("latency at fixed rate, fewer worker threads", latency.run_few_threads),
         ("scaling layouts", pipeline.scaling),
         (
             f"backlog {knobs.backlog_small:,}",
