@@ -14,7 +14,12 @@ On PostgreSQL, in a process that consumes the drain's queue, the thread runs
 the drain itself: a wake-up is then one query away from the publish, with
 no broker round trip and no actor in between, and every notification that
 arrives while it drains is coalesced into one more pass. Several such
-processes drain side by side (the drain claims rows with SKIP LOCKED).
+processes drain side by side (the drain claims rows with SKIP LOCKED). One
+of them leads (it holds an advisory lock on its LISTEN connection): it
+drains as soon as notified, the others FOLLOWER_DELAY later, by which time
+they find rows only under a backlog, instead of every process querying for
+every commit. When the leader goes, its lock goes with its connection and
+another process takes the lead at its next sweep.
 Elsewhere (SQLite, the in-process broker) a wake-up is a message to the
 drain actor.
 """
@@ -36,6 +41,9 @@ from .database import database, is_postgres
 logger = logging.getLogger(__name__)
 
 _CONNECTION_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
+
+#: Seconds a drain that does not lead waits after a notification (see DrainWaker).
+FOLLOWER_DELAY = 0.05
 
 
 def drop_broken_connection(exception: BaseException | None) -> None:
@@ -149,18 +157,36 @@ class DrainWaker(Middleware):
             connection.autocommit = True
             with connection.cursor() as cursor:
                 cursor.execute(f'LISTEN "{self.notify_channel}"')
+            leading = self._try_to_lead(connection)
             self._send()  # anything committed before LISTEN took effect
             while not self._stop.is_set():
                 ready, _, _ = select.select([connection], [], [], self.sweep_interval)
                 if ready:
+                    if not leading:
+                        # The leading process drains at once; the others look
+                        # a moment later, when there is still something only
+                        # under a backlog, instead of all racing for each row.
+                        self._stop.wait(FOLLOWER_DELAY)
                     connection.poll()
                     # Coalesce: every notification that arrived is one wake-up.
                     connection.notifies.clear()
                     self._send()
                 else:
+                    leading = leading or self._try_to_lead(connection)
                     self._sweep()
         finally:
             listener_db.close()
+
+    def _try_to_lead(self, connection: Any) -> bool:
+        """Whether this process is now the one that drains at once on a
+        notification: it holds the installation's advisory lock, on the LISTEN
+        connection, so the lock goes with the process (or the connection)."""
+        if not self.drains_here:
+            return False
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (self.notify_channel,))
+            (locked,) = cursor.fetchone()
+        return bool(locked)
 
     def _sweep(self) -> None:
         self._send()
