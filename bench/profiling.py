@@ -33,12 +33,11 @@ from pathlib import Path
 
 from . import infra
 from .context import Context, Routing, listeners_config
-from .http_load import LoadRun
-from .installation import SKU_PREFIX, Installation, build_seeded_template, migrate
+from .installation import Installation, build_seeded_template, migrate
 from .knobs import Knobs
 from .processes import BIN, Service, wait_for
 from .scenarios.backlog import Templates
-from .scenarios.pipeline import DRAIN_QUEUE
+from .scenarios.pipeline import DRAIN_QUEUE, closed_loop
 from .suite import clean_up, log, source_fingerprint
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
@@ -216,18 +215,7 @@ def profile_pipeline(ctx: Context, raw_dir: Path) -> str:
         workers = service.start_workers()
         service.probe()
         warmup = 3.0
-        load = LoadRun(
-            {
-                "mode": "closed",
-                "port": port,
-                "sku_prefix": SKU_PREFIX,
-                "skus": knobs.skus,
-                "connections": knobs.e2e_connections,
-                "warmup": warmup,
-                "window": seconds + 2,
-            },
-            timeout=seconds + 60,
-        )
+        load = closed_loop(ctx, port, warmup=warmup, window=seconds + 2)
         time.sleep(warmup)
         assert service.api is not None
         recorders = {

@@ -66,23 +66,11 @@ def start_layout(service: Installation, layout: str) -> None:
 
 
 def measure(ctx: Context, layout: str, *, warmup: float, window: float) -> dict[str, float]:
-    knobs = ctx.knobs
     with Installation(ctx, f"e2e_{layout}") as service:
         port = service.start_api()
         start_layout(service, layout)
         service.probe()
-        load = LoadRun(
-            {
-                "mode": "closed",
-                "port": port,
-                "sku_prefix": SKU_PREFIX,
-                "skus": knobs.skus,
-                "connections": knobs.e2e_connections,
-                "warmup": warmup,
-                "window": window,
-            },
-            timeout=warmup + window + 60,
-        )
+        load = closed_loop(ctx, port, warmup=warmup, window=window)
         meter = cpu_meter(service, load)
         time.sleep(warmup)
         start_applied, first_at = service.applied(), time.monotonic()
@@ -113,6 +101,22 @@ def measure(ctx: Context, layout: str, *, warmup: float, window: float) -> dict[
     for part, seconds in used.items():
         figures[f"cpu_ms.{part}"] = 1000 * seconds / max(1, deliveries)
     return figures
+
+
+def closed_loop(ctx: Context, port: int, *, warmup: float, window: float) -> LoadRun:
+    """The end-to-end load: ``e2e_connections`` closed-loop clients over the seeded SKUs."""
+    return LoadRun(
+        {
+            "mode": "closed",
+            "port": port,
+            "sku_prefix": SKU_PREFIX,
+            "skus": ctx.knobs.skus,
+            "connections": ctx.knobs.e2e_connections,
+            "warmup": warmup,
+            "window": window,
+        },
+        timeout=warmup + window + 60,
+    )
 
 
 def cpu_meter(service: Installation, load: LoadRun) -> CpuMeter:
