@@ -15,7 +15,7 @@ from typing import Any
 import dramatiq
 import peewee
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 
 from .messaging import listeners as listeners_module
 from .messaging import outbox as outbox_module
@@ -95,6 +95,10 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
             url=settings.broker_url,
             confirm_delivery=True,
             listener_batch_size=settings.listener_batch_size,
+            # Of Dramatiq's default middleware, the two the actors use: the
+            # others (age limits, callbacks, pipelines, shutdown notices)
+            # serve options no actor here sets, and each runs on every message.
+            middleware=[TimeLimit(), Retries()],
         )
     broker.add_middleware(DatabaseConnections())
     broker.add_middleware(CurrentMessage())

@@ -7,6 +7,7 @@ several at a time (at most LISTENER_BATCH_SIZE), and acks every one of them.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,9 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
+from cqrs_warehouse.messaging.outbox import OutboxRecord
 from cqrs_warehouse.messaging.testing import create_watcher_table, watched_messages
+from cqrs_warehouse.messaging.transport import envelope_from_record, send_to_actor
 from cqrs_warehouse.warehouse.commands import increase_product_quantity
 from tests.conftest import unique_name
 from tests.e2e.harness import assert_eventually
@@ -71,3 +74,58 @@ def test_a_worker_applies_ready_deliveries_in_batches_each_once_and_acks_them_al
     # Unacknowledged deliveries would be back in the queue once the worker's
     # connections closed.
     assert installation.queued("everything") == 0
+
+
+class Threads(Middleware):
+    """The kind of thread that processed each message of the listener actor."""
+
+    def __init__(self, actor_name: str) -> None:
+        self.actor_name = actor_name
+        self.seen: list[tuple[str, int]] = []  # (thread class, envelopes)
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        if message.actor_name == self.actor_name:
+            self.seen.append((type(threading.current_thread()).__name__, len(message.args)))
+
+
+def test_the_consumer_thread_applies_its_deliveries_itself_and_dramatiq_messages_go_to_workers(
+    installations: Callable[..., Installation],
+) -> None:
+    installation = installations()
+    runtime = installation.runtime
+    create_watcher_table()
+    sku = unique_name("sku")
+    ids = [increase_product_quantity(sku, n).id for n in range(1, 6)]
+    # The first event again, as a Dramatiq message (how a retry or a resend
+    # of a held message arrives): the listener recognises it as a duplicate.
+    first = OutboxRecord.get(OutboxRecord.message_id == ids[0])
+    resend = envelope_from_record(first)
+    assert runtime.drain.run() == len(ids)
+
+    actor = runtime.listener_actors["everything"]
+    threads = Threads(actor.actor_name)
+    runtime.broker.add_middleware(threads)
+    worker = dramatiq.Worker(
+        runtime.broker, queues={installation.queue("everything")}, worker_threads=2
+    )
+    worker.start()
+    try:
+
+        def all_applied() -> None:
+            assert len(watched_messages()) == len(ids)
+
+        assert_eventually(all_applied)
+        send_to_actor(runtime.broker, actor.actor_name, resend)
+
+        def resend_processed() -> None:
+            assert ("WorkerThread", 1) in threads.seen
+
+        assert_eventually(resend_processed)
+    finally:
+        worker.stop(timeout=10_000)
+
+    assert [m.id for m in watched_messages()] == ids  # in order, the resend not again
+    deliveries = [count for kind, count in threads.seen if kind == "ConsumerThread"]
+    assert sum(deliveries) == len(ids), threads.seen
+    assert threads.seen.count(("WorkerThread", 1)) == 1, threads.seen
+    assert installation.queued("everything") == 0  # every delivery and the resend acked

@@ -1,7 +1,8 @@
 """Dramatiq middleware the service's workers run with. Used by bootstrap.
 
-``DatabaseConnections`` gives each worker thread a database connection that
-it keeps between messages and drops after a connection error, so a worker
+``DatabaseConnections`` gives each thread that processes messages (worker
+threads, and the consumer threads of listener queues, see broker.py) a
+database connection that it keeps between messages and drops after a connection error, so a worker
 recovers by itself from a database restart.
 
 ``DrainWaker`` runs one thread per worker process that wakes the drain when
@@ -81,6 +82,12 @@ class DatabaseConnections(Middleware):
         drop_broken_connection(exception)
 
     def after_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        if not database.is_closed():
+            database.close()
+
+    def before_consumer_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        # A listener queue's consumer thread applies its deliveries itself
+        # (see broker.py), with a connection of its own.
         if not database.is_closed():
             database.close()
 
