@@ -42,6 +42,7 @@ def scenarios(templates: backlog.Templates) -> list[tuple[str, Scenario]]:
         ("raw AMQP publishing", baselines.amqp),
         ("bare Falcon + PostgreSQL", baselines.bare_falcon),
         ("bare Dramatiq actor + PostgreSQL", baselines.bare_actor),
+        ("bare latency chain", latency.bare_chain),
         ("service API commands/s", api.run),
         ("service end to end", pipeline.run),
         ("latency at fixed rate", latency.run),

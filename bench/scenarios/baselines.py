@@ -45,37 +45,48 @@ def amqp(ctx: Context) -> dict[str, float]:
     return {"amqp.per_message": single, "amqp.batched": batched, "amqp.tx_batched": tx}
 
 
+def start_bare_falcon(ctx: Context, name: str, url: str) -> tuple[Service, int]:
+    """gunicorn serving the bare Falcon app on ``url`` (its table made); (service, port)."""
+    knobs = ctx.knobs
+    port = free_port()
+    # The service's gunicorn.conf.py checks the service's settings before
+    # it starts: give it valid ones, though the bare app uses none of them.
+    env = environment(
+        DATABASE_URL=url,
+        BROKER_URL=ctx.broker_url,
+        LISTENERS_CONFIG=str(ctx.routing.path),
+        WEB_CONCURRENCY=str(knobs.web_concurrency),
+        GUNICORN_THREADS=str(knobs.gunicorn_threads),
+    )
+    api = Service.start(
+        name,
+        [
+            str(BIN / "gunicorn"),
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "-b",
+            f"127.0.0.1:{port}",
+            "bench.baselines.bare_falcon:app",
+        ],
+        env=env,
+        log_dir=ctx.log_dir,
+    )
+    try:
+        wait_until_serving(api, port)
+    except BaseException:
+        api.stop()
+        raise
+    return api, port
+
+
 def bare_falcon(ctx: Context) -> dict[str, float]:
     knobs = ctx.knobs
     name = f"{ctx.tag}_bare_falcon"
     url = ctx.postgres.create(name)
     try:
         ctx.postgres.execute(name, BARE_COMMANDS_TABLE)
-        port = free_port()
-        # The service's gunicorn.conf.py checks the service's settings before
-        # it starts: give it valid ones, though the bare app uses none of them.
-        env = environment(
-            DATABASE_URL=url,
-            BROKER_URL=ctx.broker_url,
-            LISTENERS_CONFIG=str(ctx.routing.path),
-            WEB_CONCURRENCY=str(knobs.web_concurrency),
-            GUNICORN_THREADS=str(knobs.gunicorn_threads),
-        )
-        api = Service.start(
-            name,
-            [
-                str(BIN / "gunicorn"),
-                "-c",
-                str(ROOT / "gunicorn.conf.py"),
-                "-b",
-                f"127.0.0.1:{port}",
-                "bench.baselines.bare_falcon:app",
-            ],
-            env=env,
-            log_dir=ctx.log_dir,
-        )
+        api, port = start_bare_falcon(ctx, name, url)
         try:
-            wait_until_serving(api, port)
             result = run_load(
                 {
                     "mode": "closed",

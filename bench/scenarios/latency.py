@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import select
 import statistics
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -36,10 +37,13 @@ from collections import defaultdict
 import psycopg2
 import psycopg2.extensions
 
+from ..baselines import bare_chain as chain
 from ..context import Context
 from ..http_load import LoadRun
-from ..installation import SKU_PREFIX, Installation
-from ..processes import wait_for
+from ..infra import delete_queues
+from ..installation import SKU_PREFIX, Installation, post
+from ..processes import Service, environment, wait_for
+from .baselines import BARE_COMMANDS_TABLE, start_bare_falcon
 
 CHANNEL = "bench_applied"
 
@@ -185,6 +189,90 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
     figures["latency.failures"] = float(sum(result["failures"].values()))
     figures["latency.http_p50_ms"] = statistics.median(r[3] for r in result["records"]) * 1000
     return {prefix + name.removeprefix("latency"): value for name, value in figures.items()}
+
+
+def bare_chain(ctx: Context) -> dict[str, float]:
+    """The floor: the same load, measured the same way, through the bare chain
+    of the stack's hops (``baselines/bare_chain.py``), one bare listener per
+    service listener."""
+    knobs = ctx.knobs
+    name = f"{ctx.tag}_bare_chain"
+    prefix = f"{name}_"
+    listeners = tuple(chain.listener_names(len(ctx.routing.listeners)))
+    url = ctx.postgres.create(name)
+    queues: list[str] = []
+    services: list[Service] = []
+    watcher: AppliedWatcher | None = None
+    try:
+        ctx.postgres.execute(name, BARE_COMMANDS_TABLE)
+        ctx.postgres.execute(
+            name, chain.TABLES.format(notify_channel=chain.NOTIFY_CHANNEL, applied_channel=CHANNEL)
+        )
+        queues = chain.declare(ctx.broker_url, prefix, len(listeners))
+        watcher = AppliedWatcher(url)
+        resolution_ms = calibrate(url, watcher)
+        env = environment(DATABASE_URL=url, BROKER_URL=ctx.broker_url, QUEUE_PREFIX=prefix)
+        for role in (["relay"], ["listeners", str(len(listeners))]):
+            services.append(
+                Service.start(
+                    f"{name}_{role[0]}",
+                    [sys.executable, "-m", "bench.baselines.bare_chain", *role],
+                    env=env,
+                    log_dir=ctx.log_dir,
+                )
+            )
+        api, port = start_bare_falcon(ctx, f"{name}_api", url)
+        services.append(api)
+        # One command through the whole chain: every part is up.
+        probe = f"{SKU_PREFIX}chainprobe"
+        if post(port, f"/warehouse/products/{probe}/increase_quantity") != 200:
+            raise RuntimeError("the bare chain's probe command was refused")
+
+        def probed() -> bool:
+            for service in services:
+                service.require_alive()
+            return {p.split(" ")[0] for _, p in watcher.seen if f" {probe} " in p} == set(listeners)
+
+        wait_for(probed, timeout=60, what="the bare chain's probe applied")
+        watcher.seen = []
+        load = LoadRun(
+            {
+                "mode": "paced",
+                "port": port,
+                "sku_prefix": SKU_PREFIX,
+                "skus": knobs.latency_skus,
+                "connections": 32,
+                "rate": knobs.latency_rate,
+                "duration": knobs.latency_duration,
+                "start_position": 0,  # the chain counts a SKU's commands from 1
+            },
+            timeout=knobs.latency_duration + 60,
+        )
+        result = load.result()
+        expected = len(result["records"])
+
+        def all_applied() -> bool:
+            counts: dict[str, int] = defaultdict(int)
+            for _, payload in watcher.seen:
+                counts[payload.split(" ")[0]] += 1
+            return all(counts[listener] >= expected for listener in listeners)
+
+        wait_for(all_applied, timeout=knobs.latency_settle, what="the bare chain applied all")
+        seen = list(watcher.seen)
+    finally:
+        if watcher is not None:
+            watcher.close()
+        for service in services:
+            service.stop()
+        ctx.postgres.drop(name)
+        delete_queues(queues, [chain.exchange_name(prefix)], url=ctx.broker_url)
+    figures = latencies(result["records"], seen, listeners)
+    return {
+        "bare_chain.p50_ms": figures["latency.worst.p50_ms"],
+        "bare_chain.p99_ms": figures["latency.worst.p99_ms"],
+        "bare_chain.resolution_ms": resolution_ms,
+        "bare_chain.http_p50_ms": statistics.median(r[3] for r in result["records"]) * 1000,
+    }
 
 
 def latencies(

@@ -22,7 +22,7 @@ import signal
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from . import context, metrics
+from . import metrics
 from .database import database, execute_prepared, is_postgres, qualified_name
 from .outbox import OutboxRecord
 from .transport import Publisher
@@ -70,12 +70,16 @@ class Drain:
             after_commit()
         metrics.count_published(len(records))
         for record in records:
-            with context.bound(
-                correlation_id=record.correlation_id,
-                message_id=record.message_id,
-                message_type=record.type,
-            ):
-                logger.info("published %s", record.message_id)
+            # The context fields of the line, as ``context.bound`` would set them.
+            logger.info(
+                "published %s",
+                record.message_id,
+                extra={
+                    "correlation_id": record.correlation_id,
+                    "message_id": record.message_id,
+                    "message_type": record.type,
+                },
+            )
         return len(records)
 
     def _claim(self) -> list[OutboxRecord]:

@@ -342,13 +342,19 @@ def run_listener_batch(
         return
     for (message, _), correlation_id, outcome in zip(batch, correlation_ids, outcomes, strict=True):
         metrics.count_listener_outcome(spec.name, str(outcome))
-        with context.bound(
-            correlation_id=correlation_id,
-            message_id=message.id,
-            message_type=message.type,
-            listener=spec.name,
-        ):
-            logger.info("listener %s: %s (attempt %d)", spec.name, outcome, attempt)
+        # The context fields of the line, as ``context.bound`` would set them.
+        logger.info(
+            "listener %s: %s (attempt %d)",
+            spec.name,
+            outcome,
+            attempt,
+            extra={
+                "correlation_id": correlation_id,
+                "message_id": message.id,
+                "message_type": message.type,
+                "listener": spec.name,
+            },
+        )
 
 
 def build_listener_actor(
