@@ -177,7 +177,7 @@ def markdown_table(table: list[Row]) -> str:
         lines.append(
             f"| {label} | {fmt(row.median, digits)} | {row.figure.unit} | "
             f"{', '.join(fmt(v, digits) for v in row.runs)} | "
-            f"{fmt(row.baseline, 0) if row.baseline is not None else ''} | "
+            f"{fmt(row.baseline, digits) if row.baseline is not None else ''} | "
             f"{f'{row.ratio:.2f}x' if row.ratio is not None else ''} | "
             f"{row.figure.target or ''} | {_verdict(row)} |"
         )

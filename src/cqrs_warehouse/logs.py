@@ -75,9 +75,9 @@ def configure(level: int = logging.INFO) -> None:
         )
     else:
         formatter = _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # No format here shows where a line was logged from; without a source
-    # file, logging does not walk the stack to find it for every line (the
-    # logging HOWTO's "Optimization"): a few percent of a listener's CPU.
+    # No format here shows where a line was logged from: logging then does
+    # not walk the stack for it on every line (the logging HOWTO's
+    # "Optimization"). Listeners log a line per message.
     logging._srcfile = None
     for handler in root.handlers:
         handler.setFormatter(formatter)

@@ -7,6 +7,7 @@ worker runs.
 """
 
 import gc
+import logging
 import os
 import re
 import shutil
@@ -77,6 +78,12 @@ def _alive(pid: int) -> bool:
 
 
 logs.configure()
+# Nor does a worker's format show the thread or process of a line (dramatiq's
+# own format, which does, is replaced by logs.configure in this process):
+# logging need not look them up for each line either.
+logging.logThreads = False
+logging.logProcesses = False
+logging.logMultiprocessing = False
 write_in_background()
 try:
     runtime = bootstrap(Settings.from_env())
