@@ -43,17 +43,14 @@ def figures(
         Figure("amqp.tx_batched", "Raw AMQP publish, one transaction per batch of 500", "msg/s"),
         Figure("bare_falcon.cps", "Bare Falcon+PG: insert+commit per POST", "req/s"),
         Figure("bare_actor.dps", "Bare Dramatiq+PG actor: update+commit per msg", "msg/s"),
-        Figure(
-            "bare_chain.p50_ms",
-            "Bare chain latency @100 cmd/s (floor), slowest of its listeners, p50",
-            "ms",
-            digits=1,
-        ),
-        Figure(
-            "bare_chain.p99_ms",
-            "Bare chain latency @100 cmd/s (floor), slowest of its listeners, p99",
-            "ms",
-            digits=1,
+        *(
+            Figure(
+                f"bare_chain.{stat}_ms",
+                f"Bare chain latency @100 cmd/s (floor), slowest of its listeners, {stat}",
+                "ms",
+                digits=1,
+            )
+            for stat in ("p50", "p99")
         ),
         Figure(
             "api.cps",

@@ -156,21 +156,8 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
             port = service.start_api()
             service.start_workers(threads=threads)
             service.probe()
-            load = LoadRun(
-                {
-                    "mode": "paced",
-                    "port": port,
-                    "sku_prefix": SKU_PREFIX,
-                    "skus": knobs.latency_skus,
-                    # Enough that slow answers never hold back the schedule.
-                    "connections": 32,
-                    "rate": knobs.latency_rate,
-                    "duration": knobs.latency_duration,
-                    "start_position": 1,  # the seeded template's increase was the first
-                },
-                timeout=knobs.latency_duration + 60,
-            )
-            result = load.result()
+            # The seeded template's increase was each SKU's first position.
+            result = paced_load(ctx, port, start_position=1)
             service.wait_all_applied(timeout=knobs.latency_settle)
             # The drain deletes its rows after RabbitMQ took them, so its commit
             # may come after the listeners' commits: wait for it too.
@@ -189,6 +176,25 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
     figures["latency.failures"] = float(sum(result["failures"].values()))
     figures["latency.http_p50_ms"] = statistics.median(r[3] for r in result["records"]) * 1000
     return {prefix + name.removeprefix("latency"): value for name, value in figures.items()}
+
+
+def paced_load(ctx: Context, port: int, *, start_position: int) -> dict:
+    """The latency load on ``port``: the load generator's result, once it is done."""
+    knobs = ctx.knobs
+    return LoadRun(
+        {
+            "mode": "paced",
+            "port": port,
+            "sku_prefix": SKU_PREFIX,
+            "skus": knobs.latency_skus,
+            # Enough that slow answers never hold back the schedule.
+            "connections": 32,
+            "rate": knobs.latency_rate,
+            "duration": knobs.latency_duration,
+            "start_position": start_position,
+        },
+        timeout=knobs.latency_duration + 60,
+    ).result()
 
 
 def bare_chain(ctx: Context) -> dict[str, float]:
@@ -235,20 +241,7 @@ def bare_chain(ctx: Context) -> dict[str, float]:
 
         wait_for(probed, timeout=60, what="the bare chain's probe applied")
         watcher.seen = []
-        load = LoadRun(
-            {
-                "mode": "paced",
-                "port": port,
-                "sku_prefix": SKU_PREFIX,
-                "skus": knobs.latency_skus,
-                "connections": 32,
-                "rate": knobs.latency_rate,
-                "duration": knobs.latency_duration,
-                "start_position": 0,  # the chain counts a SKU's commands from 1
-            },
-            timeout=knobs.latency_duration + 60,
-        )
-        result = load.result()
+        result = paced_load(ctx, port, start_position=0)  # the chain counts from 1
         expected = len(result["records"])
 
         def all_applied() -> bool:

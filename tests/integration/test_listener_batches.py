@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dramatiq
@@ -24,16 +25,37 @@ from tests.e2e.harness import assert_eventually
 from tests.integration.test_rabbitmq_drain import Installation
 
 
-class ArgumentCounts(Middleware):
-    """How many envelopes each message handed to the listener actor carried."""
+class Processed(Middleware):
+    """Each message of the listener actor: the kind of thread that processed
+    it, and how many envelopes it carried."""
 
     def __init__(self, actor_name: str) -> None:
         self.actor_name = actor_name
-        self.counts: list[int] = []
+        self.seen: list[tuple[str, int]] = []
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         if message.actor_name == self.actor_name:
-            self.counts.append(len(message.args))
+            self.seen.append((type(threading.current_thread()).__name__, len(message.args)))
+
+    @property
+    def counts(self) -> list[int]:
+        return [count for _, count in self.seen]
+
+
+@contextmanager
+def worker_on(installation: Installation, listener: str) -> Iterator[Processed]:
+    """A Dramatiq worker consuming ``listener``'s queue, and what it processed."""
+    runtime = installation.runtime
+    processed = Processed(runtime.listener_actors[listener].actor_name)
+    runtime.broker.add_middleware(processed)
+    worker = dramatiq.Worker(
+        runtime.broker, queues={installation.queue(listener)}, worker_threads=2
+    )
+    worker.start()
+    try:
+        yield processed
+    finally:
+        worker.stop(timeout=10_000)
 
 
 def test_a_worker_applies_ready_deliveries_in_batches_each_once_and_acks_them_all(
@@ -48,21 +70,12 @@ def test_a_worker_applies_ready_deliveries_in_batches_each_once_and_acks_them_al
     assert runtime.drain.run() == len(ids)
     assert installation.queued("everything") == len(ids)
 
-    actor = runtime.listener_actors["everything"]
-    counts = ArgumentCounts(actor.actor_name)
-    runtime.broker.add_middleware(counts)
-    worker = dramatiq.Worker(
-        runtime.broker, queues={installation.queue("everything")}, worker_threads=2
-    )
-    worker.start()
-    try:
+    with worker_on(installation, "everything") as counts:
 
         def all_applied() -> None:
             assert len(watched_messages()) == len(ids)
 
         assert_eventually(all_applied)
-    finally:
-        worker.stop(timeout=10_000)
 
     watched = watched_messages()
     assert Counter(m.id for m in watched) == Counter(ids)  # each exactly once
@@ -74,18 +87,6 @@ def test_a_worker_applies_ready_deliveries_in_batches_each_once_and_acks_them_al
     # Unacknowledged deliveries would be back in the queue once the worker's
     # connections closed.
     assert installation.queued("everything") == 0
-
-
-class Threads(Middleware):
-    """The kind of thread that processed each message of the listener actor."""
-
-    def __init__(self, actor_name: str) -> None:
-        self.actor_name = actor_name
-        self.seen: list[tuple[str, int]] = []  # (thread class, envelopes)
-
-    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        if message.actor_name == self.actor_name:
-            self.seen.append((type(threading.current_thread()).__name__, len(message.args)))
 
 
 def test_the_consumer_thread_applies_its_deliveries_itself_and_dramatiq_messages_go_to_workers(
@@ -103,13 +104,7 @@ def test_the_consumer_thread_applies_its_deliveries_itself_and_dramatiq_messages
     assert runtime.drain.run() == len(ids)
 
     actor = runtime.listener_actors["everything"]
-    threads = Threads(actor.actor_name)
-    runtime.broker.add_middleware(threads)
-    worker = dramatiq.Worker(
-        runtime.broker, queues={installation.queue("everything")}, worker_threads=2
-    )
-    worker.start()
-    try:
+    with worker_on(installation, "everything") as threads:
 
         def all_applied() -> None:
             assert len(watched_messages()) == len(ids)
@@ -121,8 +116,6 @@ def test_the_consumer_thread_applies_its_deliveries_itself_and_dramatiq_messages
             assert ("WorkerThread", 1) in threads.seen
 
         assert_eventually(resend_processed)
-    finally:
-        worker.stop(timeout=10_000)
 
     assert [m.id for m in watched_messages()] == ids  # in order, the resend not again
     deliveries = [count for kind, count in threads.seen if kind == "ConsumerThread"]
