@@ -54,6 +54,16 @@ class bound:  # lower case: it reads as a function, ``with bound(...)``
             variable.reset(token)
 
 
+def of_message(message: Any) -> bound:
+    """The context of applying ``message`` (a ``Message``): its id and type, and
+    the correlation id it carries, if any (else the current one stays)."""
+    if message.correlation_id is None:
+        return bound(message_id=message.id, message_type=message.type)
+    return bound(
+        correlation_id=message.correlation_id, message_id=message.id, message_type=message.type
+    )
+
+
 class ContextFilter(logging.Filter):
     """Adds the context fields to every log record (None when unset)."""
 

@@ -34,7 +34,7 @@ from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF
 from . import consistency, context, dead_letters, listener_state, metrics, outbox
 from .database import database
 from .errors import SchemaError
-from .message import Message
+from .message import Message, declared_batch_handler
 from .routing import ListenerSpec
 from .schemas import SchemaRegistry
 from .transport import message_from_envelope
@@ -74,42 +74,34 @@ def apply_message(
 
 
 def apply_messages(
-    spec: ListenerSpec,
-    messages: list[Message],
-    registry: SchemaRegistry | None = None,
-    *,
-    correlation_ids: list[str | None] | None = None,
+    spec: ListenerSpec, messages: list[Message], registry: SchemaRegistry | None = None
 ) -> list[Outcome]:
     """``apply_message`` for each of ``messages``, in one transaction.
 
     If any handler fails, nothing of the batch is kept (the error is raised).
-    The caller orders the messages: by stream, then position, to lock rows
-    in the same order as every other batch (see ``batch_order``). With
-    ``correlation_ids``, each message is applied (and logs) under its own.
+    The caller orders the messages: by stream, then position (see
+    ``batch_order``). Each is applied (and logs) under the correlation id
+    it carries, if any. Of several messages, the ones that are next in their stream are
+    claimed together and go to the listener's batch handler, if it declares
+    one (``message.batch_handler_for``), in one call.
     """
     registry = registry or outbox.current().registry
-    outcomes = []
     applied: dict[str, int] = {}  # stream -> the last position applied in it
     with outbox.transaction():
-        for index, message in enumerate(messages):
-            if correlation_ids is None:
-                outcome, position = _apply(spec, message, registry)
-            else:
-                with context.bound(
-                    correlation_id=correlation_ids[index],
-                    message_id=message.id,
-                    message_type=message.type,
-                ):
-                    outcome, position = _apply(spec, message, registry)
-            outcomes.append(outcome)
+        if len(messages) == 1:
+            with context.of_message(messages[0]):
+                results = [_apply(spec, messages[0], registry)]
+        else:
+            results = _apply_together(spec, messages, registry)
+        for message, (_, position) in zip(messages, results, strict=True):
             if position is not None and message.stream is not None:
-                applied[message.stream] = position
+                applied[message.stream] = max(position, applied.get(message.stream, 0))
         if _announce_channel is not None and spec.name in _announced:
             for stream, position in applied.items():
                 consistency.notify_applied(_announce_channel, spec.name, stream, position)
     for stream, position in applied.items():
         consistency.signal_applied(spec.name, stream, position)
-    return outcomes
+    return [outcome for outcome, _ in results]
 
 
 def batch_order(message: Message) -> tuple[bool, str, int]:
@@ -153,6 +145,84 @@ def _apply(
         applied, held = _apply_held_successors(spec, stream, applied, held, registry)
         listener_state.set_position(spec.name, stream, applied, held)
     return Outcome.APPLIED, applied
+
+
+def _apply_together(
+    spec: ListenerSpec, messages: list[Message], registry: SchemaRegistry
+) -> list[tuple[Outcome, int | None]]:
+    """Several messages in the listener's transaction: (outcome, position applied) each.
+
+    The first messages of each stream, as long as each is the next after
+    the one before (a run), are claimed for all streams at once
+    (``listener_state.claim_runs``) and handled together. What is left (a
+    stream whose run is not next, further messages of a stream, messages
+    without a stream) then goes through ``_apply`` one at a time, after the
+    run of its stream: each stream's messages are still applied in order.
+    """
+    results: list[tuple[Outcome, int | None] | None] = [None] * len(messages)
+    runs: dict[str, list[int]] = {}  # stream -> indexes of its run's messages
+    first_required: dict[str, int] = {}
+    ended: set[str] = set()  # streams whose run has ended
+    alone: list[int] = []  # indexes of messages to apply one at a time
+    for index, message in enumerate(messages):
+        stream = message.stream
+        if stream is None or message.position is None or stream in ended:
+            alone.append(index)
+        elif not spec.accepts(message.routing_key):
+            with context.of_message(message):
+                results[index] = _apply(spec, message, registry)  # logs and skips it
+        elif (run := runs.get(stream)) is None:
+            runs[stream] = [index]
+            first_required[stream] = required_position(spec, message)
+        elif required_position(spec, message) == messages[run[-1]].position:
+            run.append(index)
+        else:
+            ended.add(stream)
+            alone.append(index)
+    claimed = listener_state.claim_runs(
+        spec.name,
+        [
+            listener_state.Run(
+                stream,
+                first_required[stream],
+                messages[run[0]].position or 0,
+                messages[run[-1]].position or 0,
+            )
+            for stream, run in runs.items()
+        ],
+    )
+    for stream, run in runs.items():
+        if stream not in claimed:
+            alone.extend(run)
+    _handle_together(spec, [messages[i] for i in sorted(i for s in claimed for i in runs[s])])
+    for stream, held in claimed.items():
+        run = runs[stream]
+        for index in run:
+            results[index] = (Outcome.APPLIED, messages[index].position)
+        if held:
+            position, held = _apply_held_successors(
+                spec, stream, messages[run[-1]].position or 0, held, registry
+            )
+            listener_state.set_position(spec.name, stream, position, held)
+            results[run[-1]] = (Outcome.APPLIED, position)
+    for index in sorted(alone):
+        with context.of_message(messages[index]):
+            results[index] = _apply(spec, messages[index], registry)
+    done = [result for result in results if result is not None]
+    assert len(done) == len(messages), "every message of the batch has an outcome"
+    return done
+
+
+def _handle_together(spec: ListenerSpec, messages: list[Message]) -> None:
+    if not messages:
+        return
+    batch_handler = declared_batch_handler(spec.handler)
+    if batch_handler is not None:
+        batch_handler(messages)
+        return
+    for message in messages:
+        with context.of_message(message):
+            spec.handler(message)
 
 
 def required_position(spec: ListenerSpec, message: Message) -> int:
@@ -310,12 +380,9 @@ def run_listener_batch(
         except SchemaError:
             run_listener(spec, envelope, registry, attempt=attempt)  # dead-letters it
     batch.sort(key=lambda item: batch_order(item[0]))
-    correlation_ids = [_text(envelope.get("correlation_id")) for _, envelope in batch]
     try:
         with context.bound(listener=spec.name):
-            outcomes = apply_messages(
-                spec, [message for message, _ in batch], registry, correlation_ids=correlation_ids
-            )
+            outcomes = apply_messages(spec, [message for message, _ in batch], registry)
     except CONNECTION_ERRORS as error:
         logger.warning(
             "listener %s: database error (unavailable, deadlock), will retry %d messages: %r",
@@ -340,7 +407,7 @@ def run_listener_batch(
             except Exception:
                 retry_later(envelope, attempt)
         return
-    for (message, _), correlation_id, outcome in zip(batch, correlation_ids, outcomes, strict=True):
+    for (message, _), outcome in zip(batch, outcomes, strict=True):
         metrics.count_listener_outcome(spec.name, str(outcome))
         # The context fields of the line, as ``context.bound`` would set them.
         logger.info(
@@ -349,7 +416,7 @@ def run_listener_batch(
             outcome,
             attempt,
             extra={
-                "correlation_id": correlation_id,
+                "correlation_id": message.correlation_id,
                 "message_id": message.id,
                 "message_type": message.type,
                 "listener": spec.name,

@@ -40,6 +40,9 @@ class Message:
     #: The Avro binary it arrived as, in the version it was written with, when
     #: a listener received it (spares re-encoding it, e.g. to archive it).
     encoded: bytes | None = field(default=None, compare=False, repr=False)
+    #: The correlation id of the request that wrote it, when a listener
+    #: received it (a batch handler runs commands and logs under it).
+    correlation_id: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def routing_key(self) -> str:
@@ -72,6 +75,36 @@ def reads(message_type: str, schema_version: int) -> Callable[[H], H]:
 
 
 READS_ATTRIBUTE = "__cqrs_reads__"
+BATCH_ATTRIBUTE = "__cqrs_batch__"
+
+B = TypeVar("B", bound=Callable[[list[Message]], Any])
+
+
+def batch_handler_for(handler: Callable[[Message], Any]) -> Callable[[B], B]:
+    """Declare the decorated function the set-based form of ``handler``.
+
+    A listener applies the deliveries it has at hand in one transaction;
+    with a batch handler it hands them over in one call, so that the
+    handler can write them with one statement per table instead of one per
+    message. It receives the messages that are due, in the order ``handler``
+    would have been called (each stream's in position order), and must have
+    exactly the effect of ``handler`` called on each in turn. Each carries
+    its ``correlation_id``; wrap what is done for one message (a command it
+    runs, a log line) in ``context.of_message(message)`` to keep the
+    message's context. Messages come in the versions ``handler`` declares
+    it ``reads``. ``handler`` itself still applies single deliveries,
+    retries and held messages.
+    """
+
+    def declare(batch: B) -> B:
+        setattr(handler, BATCH_ATTRIBUTE, batch)
+        return batch
+
+    return declare
+
+
+def declared_batch_handler(handler: Any) -> Callable[[list[Message]], Any] | None:
+    return getattr(handler, BATCH_ATTRIBUTE, None)
 
 
 def declared_reads(handler: Any) -> dict[str, int]:

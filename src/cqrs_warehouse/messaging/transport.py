@@ -115,6 +115,7 @@ def message_from_envelope(
             f"predecessors {predecessors!r}"
         )
     reader_version = (reads or {}).get(message_type, version)
+    correlation_id = envelope.get("correlation_id")
     routed_version = envelope.get("written_version")
     if not isinstance(routed_version, int) or isinstance(routed_version, bool):
         routed_version = version
@@ -129,6 +130,7 @@ def message_from_envelope(
         predecessors=predecessors,
         # (A held message comes back in its reader's version: not as written.)
         encoded=data if version == routed_version else None,
+        correlation_id=correlation_id if isinstance(correlation_id, str) else None,
     )
 
 

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import peewee
 
+from cqrs_warehouse.messaging import context
 from cqrs_warehouse.messaging.compiled import CompiledQuery
-from cqrs_warehouse.messaging.message import Message, reads
+from cqrs_warehouse.messaging.message import Message, batch_handler_for, reads
 
 from ...commands import notify_low_product_quantity
-from ...events import PRODUCT_QUANTITY_INCREASED, PRODUCT_QUANTITY_SHIPPED
+from ...events import (
+    PRODUCT_QUANTITY_INCREASED,
+    PRODUCT_QUANTITY_SHIPPED,
+    quantity_change,
+    total_changes,
+)
 from .models import NotifierProduct
 
 DEFAULT_THRESHOLD = 5
@@ -26,13 +32,48 @@ def configure(*, threshold: int) -> None:
 @reads(PRODUCT_QUANTITY_INCREASED, 1)
 @reads(PRODUCT_QUANTITY_SHIPPED, 1)
 def handle_message(message: Message) -> None:
-    if message.type == PRODUCT_QUANTITY_INCREASED:
-        _add(message.payload["sku"], message.payload["quantity"])
-    elif message.type == PRODUCT_QUANTITY_SHIPPED:
-        sku = message.payload["sku"]
-        remaining = _add(sku, -message.payload["quantity"])
-        if remaining <= _threshold:
-            notify_low_product_quantity(sku, remaining)
+    change = quantity_change(message)
+    if change is None:
+        return
+    sku, delta = change
+    remaining = _add(sku, delta)
+    if message.type == PRODUCT_QUANTITY_SHIPPED and remaining <= _threshold:
+        notify_low_product_quantity(sku, remaining)
+
+
+@batch_handler_for(handle_message)
+def handle_messages(messages: list[Message]) -> None:
+    """The same for several messages: one statement for all their SKUs, then
+    the notifications ``handle_message`` would have sent, in the same order."""
+    totals = total_changes(messages)
+    if not totals:
+        return
+    rows = (
+        NotifierProduct.insert_many(
+            list(totals.items()), fields=[NotifierProduct.sku, NotifierProduct.quantity]
+        )
+        .on_conflict(
+            conflict_target=[NotifierProduct.sku],
+            update={NotifierProduct.quantity: NotifierProduct.quantity + peewee.EXCLUDED.quantity},
+        )
+        .returning(NotifierProduct.sku, NotifierProduct.quantity)
+        .tuples()
+        .execute()
+    )
+    # Each SKU's quantity after each message: from the last, take the changes back.
+    remaining = {sku: int(quantity) for sku, quantity in rows}
+    low: list[tuple[Message, str, int]] = []
+    for message in reversed(messages):
+        change = quantity_change(message)
+        if change is None:
+            continue
+        sku, delta = change
+        if message.type == PRODUCT_QUANTITY_SHIPPED and remaining[sku] <= _threshold:
+            low.append((message, sku, remaining[sku]))
+        remaining[sku] -= delta
+    for message, sku, quantity in reversed(low):
+        with context.of_message(message):
+            notify_low_product_quantity(sku, quantity)
 
 
 _ADD = CompiledQuery(

@@ -6,19 +6,36 @@ import peewee
 
 from cqrs_warehouse.messaging.compiled import CompiledQuery
 from cqrs_warehouse.messaging.database import database, is_postgres
-from cqrs_warehouse.messaging.message import Message, reads
+from cqrs_warehouse.messaging.message import Message, batch_handler_for, reads
 
-from ...events import PRODUCT_QUANTITY_INCREASED, PRODUCT_QUANTITY_SHIPPED
+from ...events import (
+    PRODUCT_QUANTITY_INCREASED,
+    PRODUCT_QUANTITY_SHIPPED,
+    quantity_change,
+    total_changes,
+)
 from .models import ProductView
 
 
 @reads(PRODUCT_QUANTITY_INCREASED, 1)
 @reads(PRODUCT_QUANTITY_SHIPPED, 1)
 def handle_message(message: Message) -> None:
-    if message.type == PRODUCT_QUANTITY_INCREASED:
-        _add(message.payload["sku"], message.payload["quantity"])
-    elif message.type == PRODUCT_QUANTITY_SHIPPED:
-        _add(message.payload["sku"], -message.payload["quantity"])
+    change = quantity_change(message)
+    if change is not None:
+        _add(*change)
+
+
+@batch_handler_for(handle_message)
+def handle_messages(messages: list[Message]) -> None:
+    """The same for several messages: one statement for all their SKUs."""
+    totals = total_changes(messages)
+    if totals:
+        ProductView.insert_many(
+            list(totals.items()), fields=[ProductView.sku, ProductView.quantity]
+        ).on_conflict(
+            conflict_target=[ProductView.sku],
+            update={ProductView.quantity: ProductView.quantity + peewee.EXCLUDED.quantity},
+        ).execute()
 
 
 _ADD = CompiledQuery(

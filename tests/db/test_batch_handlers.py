@@ -1,0 +1,290 @@
+"""Set-based listening: the messages of a batch that are next in their streams
+are claimed together (``listener_state.claim_runs``) and handed to the
+listener's batch handler in one call; the warehouse's batch handlers have
+exactly the effect of their one-message handlers. On SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import peewee
+import pytest
+
+from cqrs_warehouse.messaging import listener_state
+from cqrs_warehouse.messaging.archive import ArchivedMessage, archive_message
+from cqrs_warehouse.messaging.listener_state import Run
+from cqrs_warehouse.messaging.listeners import (
+    Outcome,
+    apply_message,
+    apply_messages,
+    batch_order,
+    run_listener_batch,
+)
+from cqrs_warehouse.messaging.message import Message, batch_handler_for
+from cqrs_warehouse.messaging.outbox import OutboxRecord
+from cqrs_warehouse.messaging.routing import ListenerSpec
+from cqrs_warehouse.messaging.transport import message_from_envelope
+from cqrs_warehouse.warehouse.events import (
+    NOTIFIED_LOW_PRODUCT_QUANTITY,
+    PRODUCT_QUANTITY_INCREASED,
+    PRODUCT_QUANTITY_SHIPPED,
+)
+from cqrs_warehouse.warehouse.processors import low_quantity
+from cqrs_warehouse.warehouse.views.products import handler as products
+from tests.conftest import unique_name
+from tests.db.test_listener_batches import Retries, held_positions, position_of
+from tests.db.test_ordering_and_dead_letters import REGISTRY, envelope_of, event
+
+
+class Calls:
+    """A listener with a batch handler, recording what each of its handlers got."""
+
+    def __init__(self, name: str = "batched") -> None:
+        self.one: list[tuple[str, int]] = []  # (stream, position) per single call
+        self.batches: list[list[tuple[str, int]]] = []
+
+        def handle(message: Message) -> None:
+            self.one.append((message.stream, message.position))
+
+        @batch_handler_for(handle)
+        def handle_many(messages: list[Message]) -> None:
+            self.batches.append([(m.stream, m.position) for m in messages])
+
+        self.spec = ListenerSpec(name=name, handler_path="", handler=handle, bindings=("#",))
+
+
+def received(*messages: Message) -> list[Message]:
+    """The messages as a listener receives them, in the order a batch is applied."""
+    return sorted(
+        (message_from_envelope(envelope_of(m), REGISTRY) for m in messages), key=batch_order
+    )
+
+
+def increases(sku: str, *positions: int) -> list[Message]:
+    return [event(PRODUCT_QUANTITY_INCREASED, sku, 1, p) for p in positions]
+
+
+def test_the_next_messages_of_each_stream_go_to_the_batch_handler_in_one_call(db, sku):
+    calls = Calls()
+    other, later = unique_name("sku"), unique_name("sku")
+
+    outcomes = apply_messages(
+        calls.spec, received(*increases(sku, 1, 2, 3), *increases(other, 1), *increases(later, 2))
+    )
+
+    assert calls.batches == [sorted([(sku, 1), (sku, 2), (sku, 3), (other, 1)])]
+    assert calls.one == []  # later's 2 waits for its 1: held, not handled
+    assert held_positions("batched") == [2]
+    assert (position_of("batched", sku), position_of("batched", other)) == (3, 1)
+    assert sorted(outcomes) == sorted([Outcome.APPLIED] * 4 + [Outcome.HELD])
+
+
+def test_after_a_gap_the_rest_of_a_stream_waits_and_the_gap_releases_it(db, sku):
+    calls = Calls()
+
+    apply_messages(calls.spec, received(*increases(sku, 1, 2, 4, 5)))
+
+    assert calls.batches == [[(sku, 1), (sku, 2)]]
+    assert held_positions("batched") == [4, 5]
+    assert apply_message(calls.spec, received(*increases(sku, 3))[0]) == Outcome.APPLIED
+    assert calls.one == [(sku, 3), (sku, 4), (sku, 5)]  # 3 alone, then what it released
+    assert position_of("batched", sku) == 5 and held_positions("batched") == []
+
+
+def test_messages_already_applied_are_duplicates_and_not_handled_again(db, sku):
+    calls = Calls()
+    apply_messages(calls.spec, received(*increases(sku, 1, 2)))
+
+    again = apply_messages(calls.spec, received(*increases(sku, 1, 2, 3)))
+
+    assert again == [Outcome.DUPLICATE, Outcome.DUPLICATE, Outcome.APPLIED]
+    assert calls.batches == [[(sku, 1), (sku, 2)]]
+    assert calls.one == [(sku, 3)]  # after the duplicate, the stream went one at a time
+    assert position_of("batched", sku) == 3
+
+
+def test_a_run_whose_stream_holds_its_successor_releases_it_in_the_same_transaction(db, sku):
+    calls = Calls()
+    assert apply_message(calls.spec, received(*increases(sku, 3))[0]) == Outcome.HELD
+
+    apply_messages(calls.spec, received(*increases(sku, 1, 2)))
+
+    assert calls.batches == [[(sku, 1), (sku, 2)]]
+    assert calls.one == [(sku, 3)]
+    assert position_of("batched", sku) == 3 and held_positions("batched") == []
+
+
+def test_a_listener_without_a_batch_handler_gets_each_message_under_its_correlation_id(db, sku):
+    from cqrs_warehouse.messaging import context
+
+    seen: list[tuple[int, str | None]] = []
+
+    def handle(message: Message) -> None:
+        seen.append((message.position, context.correlation_id.get()))
+
+    spec = ListenerSpec(name="plain", handler_path="", handler=handle, bindings=("#",))
+    envelopes = [envelope_of(m) for m in increases(sku, 1, 2)]
+    for number, envelope in enumerate(envelopes):
+        envelope["correlation_id"] = f"request-{number}"
+
+    run_listener_batch(spec, tuple(envelopes), REGISTRY, attempt=1, retry_later=Retries())
+
+    assert seen == [(1, "request-0"), (2, "request-1")]
+
+
+def test_claim_runs_takes_the_runs_that_are_next_and_reports_held_counts(db, sku):
+    fresh, waiting, behind, holding = (f"{sku}-{n}" for n in range(4))
+    listener_state.claim_runs("l", [Run(behind, 0, 1, 3), Run(holding, 0, 1, 1)])
+    with db.atomic():
+        listener_state.set_position("l", holding, 1, 2)  # holds 2 messages
+
+    claimed = listener_state.claim_runs(
+        "l",
+        [
+            Run(fresh, 0, 1, 2),  # a new stream from its start
+            Run(waiting, 1, 2, 2),  # a new stream, but its position 1 is missing
+            Run(behind, 2, 3, 4),  # 3 is applied already: not next
+            Run(holding, 1, 2, 5),
+        ],
+    )
+
+    assert claimed == {fresh: 0, holding: 2}
+    assert position_of("l", fresh) == 2 and position_of("l", holding) == 5
+    assert position_of("l", behind) == 3
+    assert position_of("l", waiting) in (None, 0)  # nothing applied there
+
+
+def changes(sku: str) -> list[Message]:
+    """Increases and shipments of one SKU that go below the threshold and back, twice."""
+    threshold = low_quantity.DEFAULT_THRESHOLD
+    kinds_and_quantities = [
+        (PRODUCT_QUANTITY_INCREASED, threshold + 3),
+        (PRODUCT_QUANTITY_SHIPPED, 2),  # threshold + 1 left: no notification
+        (PRODUCT_QUANTITY_SHIPPED, 2),  # threshold - 1: notified
+        (PRODUCT_QUANTITY_SHIPPED, 1),  # threshold - 2: notified again
+        (PRODUCT_QUANTITY_INCREASED, 10),
+        (PRODUCT_QUANTITY_SHIPPED, 7),  # threshold + 1: no
+        (PRODUCT_QUANTITY_SHIPPED, 6),  # 0: notified
+    ]
+    messages = []
+    for position, (kind, quantity) in enumerate(kinds_and_quantities, start=1):
+        previous = {
+            f"{k}.v1": p for p, (k, _) in enumerate(kinds_and_quantities[: position - 1], 1)
+        }
+        messages.append(
+            Message(
+                type=kind,
+                schema_version=1,
+                payload={"sku": sku, "quantity": quantity},
+                stream=sku,
+                position=position,
+                predecessors=previous,
+            )
+        )
+    return messages
+
+
+def with_correlation_ids(messages: list[Message], prefix: str) -> tuple[dict[str, Any], ...]:
+    envelopes = []
+    for message in messages:
+        envelope = envelope_of(message)
+        envelope["correlation_id"] = f"{prefix}-{message.position}"
+        envelopes.append(envelope)
+    return tuple(envelopes)
+
+
+def notifications(sku: str) -> list[str | None]:
+    """The correlation ids of the notifications of ``sku`` in the outbox, in the
+    order they were written."""
+    records = OutboxRecord.select().where(OutboxRecord.type == NOTIFIED_LOW_PRODUCT_QUANTITY)
+    found = []
+    for record in records.order_by(OutboxRecord.id):
+        payload = REGISTRY.decode(record.type, record.schema_version, bytes(record.payload))
+        if payload["sku"] == sku:
+            found.append(record.correlation_id)
+    return found
+
+
+@pytest.mark.parametrize("listener", ["view", "notifier", "archive"])
+def test_each_warehouse_batch_handler_has_the_effect_of_its_one_message_handler(db, sku, listener):
+    handlers = {
+        "view": products.handle_message,
+        "notifier": low_quantity.handle_message,
+        "archive": archive_message,
+    }
+    spec = ListenerSpec(
+        name=unique_name(listener), handler_path="", handler=handlers[listener], bindings=("#",)
+    )
+    together, alone = f"{sku}-t", f"{sku}-a"
+    # Several SKUs in one batch, as a consumer would gather them.
+    run_listener_batch(
+        spec,
+        with_correlation_ids(changes(together), "t") + with_correlation_ids(increases(sku, 1), "x"),
+        REGISTRY,
+        attempt=1,
+        retry_later=Retries(),
+    )
+    for envelope in with_correlation_ids(changes(alone), "a"):
+        run_listener_batch(spec, (envelope,), REGISTRY, attempt=1, retry_later=Retries())
+
+    if listener == "view":
+        assert products.quantity_of(together) == products.quantity_of(alone) == 0
+        assert products.quantity_of(sku) == 1
+    elif listener == "notifier":
+        assert low_quantity.quantity_of(together) == low_quantity.quantity_of(alone) == 0
+        # Notified after positions 3, 4 and 7, in that order, each under its
+        # message's correlation id.
+        assert notifications(together) == ["t-3", "t-4", "t-7"]
+        assert notifications(alone) == ["a-3", "a-4", "a-7"]
+    else:
+        for stream, prefix in ((together, "t"), (alone, "a")):
+            rows = ArchivedMessage.select().where(ArchivedMessage.stream == stream)
+            assert [
+                (row.position, row.correlation_id, bytes(row.payload))
+                for row in rows.order_by(ArchivedMessage.id)
+            ] == [
+                (m.position, f"{prefix}-{m.position}", REGISTRY.encode(m.type, 1, m.payload))
+                for m in changes(stream)
+            ]
+
+
+# (SQLite runs one writer at a time: nothing concurrent to check there.)
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+def test_concurrent_batches_of_one_listener_over_the_same_streams_apply_each_message_once(db, sku):
+    assert isinstance(db, peewee.PostgresqlDatabase)
+    streams = [f"{sku}-{n:02d}" for n in range(12)]
+    spec = ListenerSpec(
+        name=unique_name("view"),
+        handler_path="",
+        handler=products.handle_message,
+        bindings=("#",),
+    )
+    rounds = 15
+    # Both workers get every message (as after a redelivery), in batches of
+    # one message per stream: each waits on the other's claims.
+    batches = [
+        [envelope_of(m) for s in streams for m in increases(s, position)]
+        for position in range(1, rounds + 1)
+    ]
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for batch in batches:
+                run_listener_batch(spec, tuple(batch), REGISTRY, attempt=1, retry_later=Retries())
+        except BaseException as error:  # reported below, on the test's thread
+            failures.append(error)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert failures == []
+    assert [products.quantity_of(s) for s in streams] == [rounds] * len(streams)
+    assert [position_of(spec.name, s) for s in streams] == [rounds] * len(streams)
