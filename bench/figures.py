@@ -81,6 +81,15 @@ def figures(
     for stat in ("p50", "p99"):
         rows.append(
             Figure(
+                f"latency.routed.{stat}_ms",
+                f"Latency 200 -> delivered by RabbitMQ (a probe queue), {stat}",
+                "ms",
+                digits=1,
+            )
+        )
+    for stat in ("p50", "p99"):
+        rows.append(
+            Figure(
                 f"latency.drain.{stat}_ms",
                 f"Latency 200 -> published by the drain (its commit), {stat}",
                 "ms",

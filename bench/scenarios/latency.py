@@ -11,7 +11,11 @@ is one clock for every process of the machine. A command's latency for a
 listener is the first notification of that listener and SKU at or past the
 command's position, minus its answer time. A second trigger, on the outbox's
 DELETE, times the drain's commit of the event's publication the same way
-(pseudo-listener "drain"), which splits the latency into its two hops.
+(pseudo-listener "drain"). And a consumer here, on a queue of its own bound
+to the service's exchange with ``#`` (not durable, so RabbitMQ writes
+nothing of it and the drain's confirms do not wait for it), timestamps
+each event as RabbitMQ delivers it (pseudo-listener "routed"): the split
+of a listener's latency into the drain's publication and the rest.
 
 Resolution: the notification path (commit, delivery to the watcher's socket,
 select() wake-up) is measured before every run by sending probe
@@ -33,7 +37,9 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from typing import Any
 
+import pika
 import psycopg2
 import psycopg2.extensions
 
@@ -71,6 +77,8 @@ CREATE TRIGGER bench_published AFTER DELETE ON {outbox}
 
 #: The pseudo-listener whose "applied" is the drain deleting the event's outbox row.
 DRAIN = "drain"
+#: The pseudo-listener whose "applied" is RabbitMQ delivering the event to a probe queue.
+ROUTED = "routed"
 
 
 class AppliedWatcher:
@@ -95,6 +103,37 @@ class AppliedWatcher:
             now = time.monotonic()
             while self.connection.notifies:
                 self.seen.append((now, self.connection.notifies.pop(0).payload))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.connection.close()
+
+
+class RoutedWatcher:
+    """Consumes every event of ``exchange`` on a transient queue of its own and
+    timestamps each delivery into ``seen`` (the same list as an AppliedWatcher's)."""
+
+    def __init__(self, broker_url: str, exchange: str, seen: list[tuple[float, str]]) -> None:
+        self.seen = seen
+        self.connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+        channel = self.connection.channel()
+        queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        channel.queue_bind(queue, exchange, routing_key="#")
+        channel.basic_consume(queue, self._on_message, auto_ack=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="routed-watcher", daemon=True)
+        self._thread.start()
+
+    def _on_message(self, channel: object, method: object, properties: Any, body: bytes) -> None:
+        now = time.monotonic()
+        headers = properties.headers or {}
+        if "stream" in headers:
+            self.seen.append((now, f"{ROUTED} {headers['stream']} {headers['position']}"))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.connection.process_data_events(time_limit=0.05)
 
     def close(self) -> None:
         self._stop.set()
@@ -156,8 +195,14 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
             port = service.start_api()
             service.start_workers(threads=threads)
             service.probe()
-            # The seeded template's increase was each SKU's first position.
-            result = paced_load(ctx, port, start_position=1)
+            routed = RoutedWatcher(
+                ctx.broker_url, f"{service.prefix}{ctx.routing.exchange}", watcher.seen
+            )
+            try:
+                # The seeded template's increase was each SKU's first position.
+                result = paced_load(ctx, port, start_position=1)
+            finally:
+                routed.close()
             service.wait_all_applied(timeout=knobs.latency_settle)
             # The drain deletes its rows after RabbitMQ took them, so its commit
             # may come after the listeners' commits: wait for it too.
@@ -170,7 +215,7 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
             seen = list(watcher.seen)
         finally:
             watcher.close()
-    figures = latencies(result["records"], seen, (DRAIN, *ctx.routing.listeners))
+    figures = latencies(result["records"], seen, (DRAIN, ROUTED, *ctx.routing.listeners))
     figures["latency.resolution_ms"] = resolution_ms
     figures["latency.late_sends"] = float(result["late_sends"])
     figures["latency.failures"] = float(sum(result["failures"].values()))
@@ -272,19 +317,26 @@ def latencies(
     records: list[list], seen: list[tuple[float, str]], listeners: tuple[str, ...]
 ) -> dict[str, float]:
     """p50/p99 per listener (and the worst listener's) from answers and notifications."""
-    applied: dict[tuple[str, str], tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+    arrivals: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
     for at, payload in seen:
         listener, sku, position = payload.split(" ")
-        positions, times = applied[(listener, sku)]
-        # Commits of one listener and SKU are serialised by its row lock, so
-        # positions arrive in increasing order.
-        positions.append(int(position))
-        times.append(at)
+        arrivals[(listener, sku)].append((int(position), at))
+    # Per listener and SKU: the positions in order, and for each the earliest
+    # time any position at or past it was seen. (A listener's commits of one
+    # SKU come in order, its row lock serialises them; deliveries to the
+    # probe queue of two drains need not.)
+    applied: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+    for key, seen_at in arrivals.items():
+        seen_at.sort()
+        earliest = [at for _, at in seen_at]
+        for index in range(len(earliest) - 2, -1, -1):
+            earliest[index] = min(earliest[index], earliest[index + 1])
+        applied[key] = ([position for position, _ in seen_at], earliest)
     figures: dict[str, float] = {}
     for listener in listeners:
         delays = []
         for sku, position, answered, _ in records:
-            positions, times = applied[(listener, sku)]
+            positions, times = applied.get((listener, sku), ([], []))
             index = bisect.bisect_left(positions, position)
             if index == len(positions):
                 raise RuntimeError(f"{listener} never applied {sku} position {position}")
@@ -294,7 +346,9 @@ def latencies(
         figures[f"latency.{listener}.p99_ms"] = _percentile(delays, 0.99)
     for stat in ("p50", "p99"):
         figures[f"latency.worst.{stat}_ms"] = max(
-            figures[f"latency.{name}.{stat}_ms"] for name in listeners if name != DRAIN
+            figures[f"latency.{name}.{stat}_ms"]
+            for name in listeners
+            if name not in (DRAIN, ROUTED)
         )
     return figures
 
