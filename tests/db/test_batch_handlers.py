@@ -288,3 +288,17 @@ def test_concurrent_batches_of_one_listener_over_the_same_streams_apply_each_mes
     assert failures == []
     assert [products.quantity_of(s) for s in streams] == [rounds] * len(streams)
     assert [position_of(spec.name, s) for s in streams] == [rounds] * len(streams)
+
+
+def test_the_archive_keeps_a_batch_whose_columns_are_all_empty_in_places(db, sku):
+    # First positions (no predecessors) of several streams, and no correlation ids.
+    streams = [f"{sku}-{n}" for n in range(3)]
+    spec = ListenerSpec(name="archive", handler_path="", handler=archive_message, bindings=("#",))
+
+    outcomes = apply_messages(spec, received(*(m for s in streams for m in increases(s, 1))))
+
+    assert outcomes == [Outcome.APPLIED] * 3
+    rows = ArchivedMessage.select().where(ArchivedMessage.stream << streams)
+    assert sorted((r.stream, r.position, r.predecessors, r.correlation_id) for r in rows) == [
+        (s, 1, None, None) for s in streams
+    ]

@@ -74,9 +74,15 @@ def archive_message(message: Message) -> None:
 def archive_messages(messages: list[Message]) -> None:
     """The same for several messages, in one statement."""
     registry = outbox.current().registry
-    ArchivedMessage.insert_many(
-        [_row(message, registry) for message in messages]
-    ).on_conflict_ignore().execute()
+    rows = [_row(message, registry) for message in messages]
+    if is_postgres(database.obj):
+        # One array per column: the statement is the same whatever the number
+        # of rows, so it is prepared once (peewee building a statement of
+        # 100 rows took a sixth of the workers' time under a backlog).
+        columns = {column: [row[column] for row in rows] for column in _ARCHIVE_COLUMNS}
+        execute_prepared(_ARCHIVE_MANY_SQL.format(archive=qualified_name(ArchivedMessage)), columns)
+    else:
+        ArchivedMessage.insert_many(rows).on_conflict_ignore().execute()
 
 
 def _row(message: Message, registry: SchemaRegistry) -> dict[str, object]:
@@ -103,6 +109,26 @@ _ARCHIVE_SQL = (
     "predecessors, correlation_id, archived_at) VALUES (%(message_id)s, %(type)s, "
     "%(schema_version)s, %(payload)s, %(stream)s, %(position)s, %(predecessors)s, "
     "%(correlation_id)s, %(archived_at)s) ON CONFLICT DO NOTHING"
+)
+
+
+_ARCHIVE_COLUMNS = {
+    "message_id": "varchar",
+    "type": "varchar",
+    "schema_version": "int",
+    "payload": "bytea",
+    "stream": "varchar",
+    "position": "bigint",
+    "predecessors": "text",
+    "correlation_id": "varchar",
+    "archived_at": "timestamp",
+}
+_ARCHIVE_MANY_SQL = (
+    "INSERT INTO {{archive}} ({names}) SELECT {names} FROM unnest({arrays}) "
+    "WITH ORDINALITY AS r({names}, n) ORDER BY n ON CONFLICT DO NOTHING"
+).format(
+    names=", ".join(_ARCHIVE_COLUMNS),
+    arrays=", ".join(f"%({name})s::{kind}[]" for name, kind in _ARCHIVE_COLUMNS.items()),
 )
 
 

@@ -8,6 +8,12 @@ import peewee
 
 from cqrs_warehouse.messaging import context
 from cqrs_warehouse.messaging.compiled import CompiledQuery
+from cqrs_warehouse.messaging.database import (
+    database,
+    execute_prepared,
+    is_postgres,
+    qualified_name,
+)
 from cqrs_warehouse.messaging.message import Message, batch_handler_for, reads
 
 from ...commands import notify_low_product_quantity
@@ -48,20 +54,8 @@ def handle_messages(messages: list[Message]) -> None:
     totals = total_changes(messages)
     if not totals:
         return
-    rows = (
-        NotifierProduct.insert_many(
-            list(totals.items()), fields=[NotifierProduct.sku, NotifierProduct.quantity]
-        )
-        .on_conflict(
-            conflict_target=[NotifierProduct.sku],
-            update={NotifierProduct.quantity: NotifierProduct.quantity + peewee.EXCLUDED.quantity},
-        )
-        .returning(NotifierProduct.sku, NotifierProduct.quantity)
-        .tuples()
-        .execute()
-    )
     # Each SKU's quantity after each message: from the last, take the changes back.
-    remaining = {sku: int(quantity) for sku, quantity in rows}
+    remaining = _add_many(totals)
     low: list[tuple[Message, str, int]] = []
     for message in reversed(messages):
         change = quantity_change(message)
@@ -94,6 +88,41 @@ def _add(sku: str, delta: int) -> int:
     """Add ``delta`` to the notifier's quantity of ``sku``; returns the new quantity."""
     [(quantity,)] = _ADD.rows(sku, delta)
     return int(quantity)
+
+
+def _add_many(totals: dict[str, int]) -> dict[str, int]:
+    """``_add`` for several SKUs in one statement; returns their new quantities."""
+    if is_postgres(database.obj):
+        # One array per column: one statement prepared once, whatever the
+        # number of SKUs (peewee would build and PostgreSQL parse each one).
+        rows = execute_prepared(
+            _ADD_MANY_SQL.format(table=qualified_name(NotifierProduct)),
+            {"skus": list(totals), "deltas": list(totals.values())},
+        ).fetchall()
+    else:
+        rows = (
+            NotifierProduct.insert_many(
+                list(totals.items()), fields=[NotifierProduct.sku, NotifierProduct.quantity]
+            )
+            .on_conflict(
+                conflict_target=[NotifierProduct.sku],
+                update={
+                    NotifierProduct.quantity: NotifierProduct.quantity + peewee.EXCLUDED.quantity
+                },
+            )
+            .returning(NotifierProduct.sku, NotifierProduct.quantity)
+            .tuples()
+            .execute()
+        )
+    return {sku: int(quantity) for sku, quantity in rows}
+
+
+_ADD_MANY_SQL = (
+    "INSERT INTO {table} AS p (sku, quantity) "
+    "SELECT * FROM unnest(%(skus)s::varchar[], %(deltas)s::bigint[]) "
+    "ON CONFLICT (sku) DO UPDATE SET quantity = p.quantity + EXCLUDED.quantity "
+    "RETURNING sku, quantity"
+)
 
 
 def quantity_of(sku: str) -> int:

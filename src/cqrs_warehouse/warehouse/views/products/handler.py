@@ -5,7 +5,12 @@ from __future__ import annotations
 import peewee
 
 from cqrs_warehouse.messaging.compiled import CompiledQuery
-from cqrs_warehouse.messaging.database import database, is_postgres
+from cqrs_warehouse.messaging.database import (
+    database,
+    execute_prepared,
+    is_postgres,
+    qualified_name,
+)
 from cqrs_warehouse.messaging.message import Message, batch_handler_for, reads
 
 from ...events import (
@@ -29,13 +34,29 @@ def handle_message(message: Message) -> None:
 def handle_messages(messages: list[Message]) -> None:
     """The same for several messages: one statement for all their SKUs."""
     totals = total_changes(messages)
-    if totals:
+    if not totals:
+        return
+    if is_postgres(database.obj):
+        # One array per column: one statement prepared once, whatever the
+        # number of SKUs (peewee would build and PostgreSQL parse each one).
+        execute_prepared(
+            _ADD_MANY_SQL.format(table=qualified_name(ProductView)),
+            {"skus": list(totals), "deltas": list(totals.values())},
+        )
+    else:
         ProductView.insert_many(
             list(totals.items()), fields=[ProductView.sku, ProductView.quantity]
         ).on_conflict(
             conflict_target=[ProductView.sku],
             update={ProductView.quantity: ProductView.quantity + peewee.EXCLUDED.quantity},
         ).execute()
+
+
+_ADD_MANY_SQL = (
+    "INSERT INTO {table} AS p (sku, quantity) "
+    "SELECT * FROM unnest(%(skus)s::varchar[], %(deltas)s::bigint[]) "
+    "ON CONFLICT (sku) DO UPDATE SET quantity = p.quantity + EXCLUDED.quantity"
+)
 
 
 _ADD = CompiledQuery(
