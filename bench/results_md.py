@@ -315,7 +315,10 @@ def _method(ctx: Context) -> str:
   that listener and SKU at or past the command's position, minus the time the load generator
   read the 200 answer; both clocks are CLOCK_MONOTONIC. Resolution: probe notifications sent
   from another connection before each run arrive within the "method's own delay" shown in the
-  table (median, an upper bound), well below the targets. The floor, measured the same way
+  table (median, an upper bound), well below the targets. Two hops on the way are timed the
+  same way: RabbitMQ's delivery of the event to a probe queue of the suite's (not durable,
+  bound with `#`; its consumer timestamps each delivery), and the drain's commit (a trigger on
+  the outbox's DELETE). The floor, measured the same way
   with the same load: the bare chain (bench/baselines/bare_chain.py), the bare Falcon app's
   insert+commit whose trigger NOTIFYs a relay process, which publishes a persistent message
   in confirm mode to a fanout exchange with one durable queue (version 2) per listener, and
