@@ -15,11 +15,12 @@ the payload in base64, since Dramatiq's messages are JSON.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import dramatiq
@@ -282,13 +283,14 @@ class RabbitmqPublisher:
         # several at once). pika has no public call for either.
         buffered = channel._impl
         confirms.expect(len(records))
-        for record in records:
-            buffered.basic_publish(
-                exchange=self.exchange,
-                routing_key=routing_key_for(record.type, record.schema_version),
-                body=bytes(record.payload),
-                properties=_properties(record),
-            )
+        with coalesced_frames(connection):
+            for record in records:
+                buffered.basic_publish(
+                    exchange=self.exchange,
+                    routing_key=routing_key_for(record.type, record.schema_version),
+                    body=bytes(record.payload),
+                    properties=_properties(record),
+                )
         deadline = time.monotonic() + self.confirm_timeout
         while confirms.waiting():
             remaining = deadline - time.monotonic()
@@ -377,6 +379,30 @@ class _Confirms:
 
 def _nothing() -> None:
     pass
+
+
+@contextlib.contextmanager
+def coalesced_frames(connection: pika.BlockingConnection) -> Iterator[None]:
+    """Within the block, the AMQP frames pika writes on ``connection`` go to the
+    socket together, in one write, when the block ends.
+
+    pika hands each frame to its transport on its own, and the transport
+    sends each with a send() of its own: a publish is three frames, an ack
+    one, so a batch of 500 publishes was 1,500 system calls (a fifth of the
+    drain's busy time, profiled). pika has no option for it: this takes the
+    frames where the connection hands them to its transport
+    (``_adapter_emit_data``) and hands them over joined. Only for the
+    thread that owns the connection, like any use of it.
+    """
+    impl = connection._impl
+    frames: list[bytes] = []
+    impl._adapter_emit_data = frames.append  # an attribute of this instance only
+    try:
+        yield
+    finally:
+        del impl._adapter_emit_data  # pika's own method again
+        if frames and impl.is_open:
+            impl._adapter_emit_data(b"".join(frames))
 
 
 def declare_topology(
