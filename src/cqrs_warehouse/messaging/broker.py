@@ -193,9 +193,9 @@ class _EventRoutingConsumer(_RabbitmqConsumer):
         # fifth of a listener's CPU under a backlog, profiled). The channel
         # under it only queues the frames, each to be sent on its own:
         # ``coalesced_frames`` makes them one write, which
-        # process_data_events sends. (A single ack with ``multiple`` could also settle a
-        # Dramatiq message whose ack a worker thread has queued for this
-        # thread: RabbitMQ closes a channel that acks a tag twice.)
+        # process_data_events sends. (A single ack with ``multiple`` could
+        # also settle a Dramatiq message whose ack a worker thread has queued
+        # for this thread: RabbitMQ closes a channel that acks a tag twice.)
         with coalesced_frames(self.connection):
             for tag in tags:
                 self.channel._impl.basic_ack(tag)

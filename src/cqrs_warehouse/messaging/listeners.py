@@ -81,9 +81,9 @@ def apply_messages(
     If any handler fails, nothing of the batch is kept (the error is raised).
     The caller orders the messages: by stream, then position (see
     ``batch_order``). Each is applied (and logs) under the correlation id
-    it carries, if any. Of several messages, the ones that are next in their stream are
-    claimed together and go to the listener's batch handler, if it declares
-    one (``message.batch_handler_for``), in one call.
+    it carries, if any. Of several messages, the ones that are next in
+    their stream are claimed together and go to the listener's batch
+    handler, if it declares one (``message.batch_handler_for``), in one call.
     """
     registry = registry or outbox.current().registry
     applied: dict[str, int] = {}  # stream -> the last position applied in it

@@ -2,8 +2,8 @@
 
 ``DatabaseConnections`` gives each thread that processes messages (worker
 threads, and the consumer threads of listener queues, see broker.py) a
-database connection that it keeps between messages and drops after a connection error, so a worker
-recovers by itself from a database restart.
+database connection that it keeps between messages and drops after a
+connection error, so a worker recovers by itself from a database restart.
 
 ``DrainWaker`` runs one thread per worker process that wakes the drain when
 the outbox has something: on PostgreSQL when a committed transaction
