@@ -80,7 +80,8 @@ def declare(broker_url: str, prefix: str, listeners: int) -> list[str]:
         queues = []
         for name in listener_names(listeners):
             queue = f"{prefix}{name}"
-            channel.queue_declare(queue, durable=True, arguments={"x-queue-version": 2})
+            # Declared as the service's are: no x-queue-version (see broker.py).
+            channel.queue_declare(queue, durable=True)
             channel.queue_bind(queue, exchange)
             queues.append(queue)
         return queues
