@@ -42,6 +42,7 @@ class Knobs:
 
     # Latency from a command's response to each listener having applied it.
     latency_rate: float = 100.0
+    latency_warmup: float = 2.0  # sent first, not measured (see scenarios/latency.py)
     latency_duration: float = 10.0
     latency_skus: int = 200
     latency_settle: float = 30.0  # longest wait for the last commands after the load

@@ -153,7 +153,9 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
 async def paced(spec: dict[str, Any]) -> dict[str, Any]:
     port, prefix, skus = spec["port"], spec["sku_prefix"], spec["skus"]
     rate, duration = spec["rate"], spec["duration"]
-    total = int(rate * duration)
+    # The first ``warmup`` seconds of commands are sent alike, and not recorded.
+    unrecorded = int(rate * spec.get("warmup", 0.0))
+    total = unrecorded + int(rate * duration)
     positions = [spec["start_position"]] * skus
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(spec["connections"]):
@@ -161,6 +163,7 @@ async def paced(spec: dict[str, Any]) -> dict[str, Any]:
     records: list[tuple[str, int, float, float]] = []
     failures: Counter[str] = Counter()
     late = 0
+    answered_200 = 0
 
     async def send(index: int, connection: Connection) -> None:
         sku_index = index % skus
@@ -176,8 +179,11 @@ async def paced(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             answered = time.monotonic()
             if answer.status == 200:
+                nonlocal answered_200
+                answered_200 += 1
                 positions[sku_index] += 1
-                records.append((sku, positions[sku_index], answered, answered - sent))
+                if index >= unrecorded:
+                    records.append((sku, positions[sku_index], answered, answered - sent))
             else:
                 failures[str(answer.status)] += 1
         idle.put_nowait(connection)
@@ -198,6 +204,7 @@ async def paced(spec: dict[str, Any]) -> dict[str, Any]:
         idle.get_nowait().close()
     return {
         "records": records,
+        "answered": answered_200,
         "failures": dict(failures),
         "late_sends": late,
         "sent": total,

@@ -306,7 +306,8 @@ def _method(ctx: Context) -> str:
   its workers start, rate between 10 % and 90 % applied.
 - **Latency**: measured twice, with the default worker layout and with `-t
   {k.latency_worker_threads}` (fewer threads per worker process; the table shows the slowest
-  listener for it). {k.latency_rate:g} commands/s for {k.latency_duration:g} s, open loop (a slow
+  listener for it). {k.latency_rate:g} commands/s for {k.latency_warmup:g} s of warm-up, not
+  measured, then {k.latency_duration:g} s measured, open loop (a slow
   answer does not delay the next send), over {k.latency_skus} SKUs in turn, so each SKU's
   positions are known. A trigger added only in the benchmark database on
   messaging_stream_positions runs `pg_notify` when a listener's position advances; a thread
@@ -321,7 +322,7 @@ def _method(ctx: Context) -> str:
   the outbox's DELETE). The floor, measured the same way
   with the same load: the bare chain (bench/baselines/bare_chain.py), the bare Falcon app's
   insert+commit whose trigger NOTIFYs a relay process, which publishes a persistent message
-  in confirm mode to a fanout exchange with one durable queue (version 2) per listener, and
+  in confirm mode to a fanout exchange with one durable queue per listener, and
   {len(ctx.routing.listeners)} bare pika consumers, one thread each, doing one upsert+commit
   per message before the ack. The latency rows' ratio is the service's over the floor's
   slowest listener.
@@ -336,8 +337,8 @@ def _method(ctx: Context) -> str:
   connection (the worker processes, not their parent nor the Prometheus fork); the drain rate
   is the outbox's row count going down.
 - **Raw AMQP**: a durable topic exchange bound to {len(ctx.routing.listeners)} durable queues
-  (the listeners' fan-out; the server's default queue version, where the service declares
-  classic queues of version 2), persistent messages with the drain's properties;
+  (the listeners' fan-out; the server's default queue version, as the service declares them),
+  persistent messages with the drain's properties;
   {k.amqp_single_messages:,} messages with pika's BlockingChannel in confirm mode (a round
   trip each), then {k.amqp_batched_messages:,} published {k.amqp_batch} at a time with one wait
   for their confirms per batch (pika's SelectConnection), then the same in one AMQP
