@@ -92,3 +92,142 @@ def test_a_begin_deferred_on_a_connection_since_closed_is_not_sent_on_the_next(p
     message_id = unique_name("m")
     first_time("rec", message_id)  # a new connection, in autocommit
     assert seen_from_another_connection(pg, message_id)
+
+
+# --- deferred statements (DeferredBeginPostgresqlDatabase.defer) ---------------
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each query string the database sends to PostgreSQL: one per round trip."""
+    queries: list[str] = []
+    send = peewee.PostgresqlDatabase.execute_sql
+
+    def recording(self: peewee.Database, sql: str, params: object = None) -> object:
+        queries.append(sql)
+        return send(self, sql, params)
+
+    monkeypatch.setattr(peewee.PostgresqlDatabase, "execute_sql", recording)
+    return queries
+
+
+INSERT = "INSERT INTO messaging.messaging_processed_messages (listener, message_id) VALUES (%s, %s)"
+
+
+def test_a_deferred_statement_goes_with_the_commit_in_one_round_trip(pg, sent):
+    first, deferred = unique_name("m"), unique_name("m")
+    with pg.atomic():
+        first_time("rec", first)
+        pg.defer(INSERT, ("rec", deferred))
+        assert len(sent) == 1  # not sent yet
+        assert not seen_from_another_connection(pg, deferred)
+
+    assert len(sent) == 2
+    assert sent[1].endswith("; COMMIT") and deferred in sent[1]
+    assert seen_from_another_connection(pg, first)
+    assert seen_from_another_connection(pg, deferred)
+    assert status(pg) == IDLE
+
+
+def test_a_deferred_statement_runs_before_the_next_statement_of_its_transaction(pg, sent):
+    message_id = unique_name("m")
+    with pg.atomic():
+        pg.defer(INSERT, ("rec", message_id))
+        # The same id, recorded by the deferred insert that travels first.
+        assert first_time("rec", message_id) is False
+        assert len(sent) == 1 and sent[0].startswith("BEGIN; ")
+    assert seen_from_another_connection(pg, message_id)
+
+
+def test_a_transaction_that_only_deferred_sends_begin_statements_and_commit_at_once(pg, sent):
+    message_id = unique_name("m")
+    with pg.atomic():
+        pg.defer(INSERT, ("rec", message_id))
+    assert len(sent) == 1
+    assert sent[0].startswith("BEGIN; ") and sent[0].endswith("; COMMIT")
+    assert seen_from_another_connection(pg, message_id)
+
+
+def test_a_deferred_statement_of_a_transaction_rolled_back_is_never_sent(pg, sent):
+    message_id = unique_name("m")
+    with pytest.raises(RuntimeError), pg.atomic():
+        pg.defer(INSERT, ("rec", message_id))
+        raise RuntimeError("undo")
+    assert sent == []
+    assert not seen_from_another_connection(pg, message_id)
+    assert status(pg) == IDLE
+
+
+def test_a_rollback_to_a_savepoint_drops_what_was_deferred_inside_it_only(pg):
+    before, inside, after = unique_name("m"), unique_name("m"), unique_name("m")
+    with pg.atomic():
+        pg.defer(INSERT, ("rec", before))
+        with pytest.raises(RuntimeError), pg.atomic():  # SAVEPOINT carries `before`
+            pg.defer(INSERT, ("rec", inside))
+            raise RuntimeError("undo the savepoint")
+        pg.defer(INSERT, ("rec", after))
+    assert seen_from_another_connection(pg, before)
+    assert not seen_from_another_connection(pg, inside)
+    assert seen_from_another_connection(pg, after)
+
+
+def test_a_failing_deferred_statement_fails_the_commit_and_undoes_the_transaction(pg):
+    taken, first = unique_name("m"), unique_name("m")
+    first_time("rec", taken)  # committed: inserting it again violates the key
+    with pytest.raises(peewee.IntegrityError), pg.atomic():
+        first_time("rec", first)
+        pg.defer(INSERT, ("rec", taken))
+    assert not seen_from_another_connection(pg, first)
+    assert status(pg) == IDLE
+    first_time("rec", unique_name("m"))  # the connection goes on
+
+
+def test_a_deferred_statement_outside_a_transaction_runs_at_once(pg):
+    message_id = unique_name("m")
+    pg.defer(INSERT, ("rec", message_id))
+    assert seen_from_another_connection(pg, message_id)
+
+
+def test_a_deferred_statement_is_lost_with_its_connection_and_the_next_transaction_runs(pg):
+    lost = unique_name("m")
+    with pytest.raises(peewee.InterfaceError), pg.atomic():
+        first_time("rec", unique_name("m"))
+        pg.defer(INSERT, ("rec", lost))
+        pg._state.conn.close()  # the database went away
+    pg._state.reset()
+    message_id = unique_name("m")
+    with pg.atomic():
+        first_time("rec", message_id)
+    assert seen_from_another_connection(pg, message_id)
+    assert not seen_from_another_connection(pg, lost)
+
+
+def test_the_commit_of_a_transaction_that_an_error_aborted_raises_instead_of_rolling_back_quietly(
+    pg,
+):
+    message_id = unique_name("m")
+    with pytest.raises(peewee.InternalError, match="aborted"), pg.atomic():
+        first_time("rec", message_id)
+        with pytest.raises(peewee.ProgrammingError):
+            pg.execute_sql("SELECT * FROM no_such_table")  # caught: the transaction is aborted
+    assert not seen_from_another_connection(pg, message_id)
+    assert status(pg) == IDLE
+
+
+def test_with_a_pool_url_deferred_statements_run_at_once(pg, _migrated):
+    from cqrs_warehouse.messaging.database import execute_prepared, open_database
+
+    pooled = open_database("postgresql+pool://" + _migrated["postgres"].split("://", 1)[1])
+    try:
+        assert not isinstance(pooled, DeferredBeginPostgresqlDatabase)
+        message_id = unique_name("m")
+        with pooled.atomic():
+            execute_prepared(INSERT, ("rec", message_id), defer=True)
+            assert pooled.execute_sql(
+                "SELECT 1 FROM messaging.messaging_processed_messages WHERE message_id = %s",
+                (message_id,),
+            ).fetchone()  # already run, in the transaction
+        assert seen_from_another_connection(pg, message_id)
+    finally:
+        pooled.close_all()
+        open_database(_migrated["postgres"])  # the other tests' database again

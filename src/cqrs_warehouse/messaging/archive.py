@@ -64,8 +64,11 @@ def archive_message(message: Message) -> None:
     row = _row(message, outbox.current().registry)
     if is_postgres(database.obj):
         # A third of all deliveries: one statement prepared once per
-        # connection rather than built by peewee and parsed each time.
-        execute_prepared(_ARCHIVE_SQL.format(archive=qualified_name(ArchivedMessage)), row)
+        # connection rather than built by peewee and parsed each time, and
+        # sent with the COMMIT (nothing reads its result).
+        execute_prepared(
+            _ARCHIVE_SQL.format(archive=qualified_name(ArchivedMessage)), row, defer=True
+        )
     else:
         ArchivedMessage.insert(**row).on_conflict_ignore().execute()
 
@@ -80,7 +83,9 @@ def archive_messages(messages: list[Message]) -> None:
         # of rows, so it is prepared once (peewee building a statement of
         # 100 rows took a sixth of the workers' time under a backlog).
         columns = {column: [row[column] for row in rows] for column in _ARCHIVE_COLUMNS}
-        execute_prepared(_ARCHIVE_MANY_SQL.format(archive=qualified_name(ArchivedMessage)), columns)
+        execute_prepared(
+            _ARCHIVE_MANY_SQL.format(archive=qualified_name(ArchivedMessage)), columns, defer=True
+        )
     else:
         ArchivedMessage.insert_many(rows).on_conflict_ignore().execute()
 

@@ -46,6 +46,17 @@ class CompiledQuery:
             return execute_prepared(sql, params)
         return database.execute_sql(sql, params)
 
+    def run_deferred(self, *values: Any) -> None:
+        """``run``, for a statement whose result is not read: on PostgreSQL it
+        goes with the transaction's next statement or its COMMIT
+        (``execute_prepared``'s ``defer``)."""
+        sql, order = self._sql()
+        params = [constant if i is None else values[i] for i, constant in order]
+        if is_postgres(database.obj):
+            execute_prepared(sql, params, defer=True)
+        else:
+            database.execute_sql(sql, params)
+
     def rows(self, *values: Any) -> list[tuple]:
         cursor = self.run(*values)
         return list(cursor.fetchall()) if cursor.description else []

@@ -69,7 +69,8 @@ def notify_applied(channel: str, listener: str, stream: str, position: int) -> N
     """Inside the listener's transaction: PostgreSQL delivers it on commit."""
     if is_postgres(database.obj):
         payload = _SEPARATOR.join((listener, stream, str(position)))
-        execute_prepared("SELECT pg_notify(%s, %s)", (channel, payload))
+        # Sent with the COMMIT, like the notification itself.
+        execute_prepared("SELECT pg_notify(%s, %s)", (channel, payload), defer=True)
 
 
 class _Waiters:

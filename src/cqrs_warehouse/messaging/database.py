@@ -27,15 +27,18 @@ database = peewee.DatabaseProxy()
 
 class DeferredBeginPostgresqlDatabase(peewee.PostgresqlDatabase):
     """peewee's PostgreSQL database, with BEGIN sent along with the
-    transaction's first statement instead of in a round trip of its own.
+    transaction's first statement instead of in a round trip of its own, and
+    statements whose result nobody reads sent along with the next one or the
+    COMMIT (``defer``).
 
     Every transaction here is short and starts with a statement (a listener's
     claim, the drain's claim, a command's stock update); on PostgreSQL each
     round trip costs the thread a wait and the server a wake-up, and BEGIN
     was one of four to six per transaction. psycopg2 sends "BEGIN; <the
-    statement>" as one query string; PostgreSQL runs both, in order. A
-    transaction that ran no statement sends nothing, not even its COMMIT.
-    peewee has no option for this, hence the subclass.
+    statement>" as one query string; PostgreSQL runs both, in order, and
+    stops at the first error. A transaction that ran no statement sends
+    nothing, not even its COMMIT. peewee has no option for this, hence the
+    subclass.
     """
 
     def begin(self, isolation_level: Any = None) -> None:
@@ -46,18 +49,66 @@ class DeferredBeginPostgresqlDatabase(peewee.PostgresqlDatabase):
         # now if it is not yet: peewee connects on first use).
         self._local.deferred_begin = self.connection()
 
+    def defer(self, sql: str, params: Any = None) -> None:
+        """Run ``sql`` in the current transaction, sent along with the
+        transaction's next statement or its COMMIT: a round trip fewer, for a
+        statement whose result the caller does not read (a listener's write,
+        a notification). An error of it is raised by that next statement or
+        the COMMIT, and fails the transaction as any error would. Undone
+        before it is sent (a rollback, a rollback to a savepoint taken after
+        it was deferred), it is never sent. Outside a transaction it runs at
+        once.
+        """
+        if not self.in_transaction():
+            self.execute_sql(sql, params)
+            return
+        connection = self.connection()
+        text = connection.cursor().mogrify(sql, params).decode()
+        held = getattr(self._local, "deferred", None)
+        if held is None or held[0] is not connection:
+            held = self._local.deferred = (connection, [])
+        held[1].append(text)
+
     def execute_sql(self, sql: str, params: Any = None) -> Any:
-        if self._take_deferred_begin():
-            sql = "BEGIN; " + sql
-        return super().execute_sql(sql, params)
+        if sql.startswith("ROLLBACK TO SAVEPOINT"):
+            # Whatever is deferred was deferred inside that savepoint: its
+            # SAVEPOINT statement carried what was deferred before.
+            self._local.deferred = None
+        prefix = self._take_deferred()
+        if prefix and params is not None:
+            # One query string: the statement's values are bound here, as
+            # psycopg2 binds them.
+            sql = self.connection().cursor().mogrify(sql, params).decode()
+            params = None
+        return super().execute_sql(prefix + sql, params)
 
     def commit(self) -> None:
-        if not self._take_deferred_begin():
-            super().commit()
+        prefix = self._take_deferred()
+        if prefix == "BEGIN; ":
+            return  # the transaction ran nothing
+        cursor = super().execute_sql(prefix + "COMMIT")
+        if cursor.statusmessage == "ROLLBACK":
+            # PostgreSQL answers the COMMIT of a transaction that an error
+            # aborted (one that was caught, say) by rolling it back, silently.
+            raise peewee.InternalError(
+                "the transaction was aborted by an earlier error and is rolled back"
+            )
 
     def rollback(self) -> None:
-        if not self._take_deferred_begin():
+        if not self._take_deferred().startswith("BEGIN; "):
             super().rollback()
+
+    def _take_deferred(self) -> str:
+        """The pending BEGIN and deferred statements (and forget them), as SQL
+        to send before the next statement: empty if there are none."""
+        prefix = "BEGIN; " if self._take_deferred_begin() else ""
+        held = getattr(self._local, "deferred", None)
+        if held is not None:
+            self._local.deferred = None
+            # Those of a connection since closed do not count.
+            if held[0] is self._local.conn and held[1]:
+                prefix += "; ".join(held[1]) + "; "
+        return prefix
 
     def _take_deferred_begin(self) -> bool:
         """Whether a BEGIN is pending on the current connection (and forget it)."""
@@ -160,9 +211,13 @@ _prepared_on: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictiona
 _prepared_lock = threading.Lock()
 
 
-def execute_prepared(sql: str, params: Any, *, prefix: str = "") -> Any:
+def execute_prepared(sql: str, params: Any, *, prefix: str = "", defer: bool = False) -> Any:
     """``database.execute_sql(prefix + sql, params)`` on PostgreSQL, with
-    ``sql`` parsed and planned once per connection; returns the cursor.
+    ``sql`` parsed and planned once per connection; returns the cursor. With
+    ``defer``, for a statement whose result is not read, it goes with the
+    transaction's next statement instead (``DeferredBeginPostgresqlDatabase.defer``)
+    and None is returned (peewee's other PostgreSQL databases, a pool's, send it
+    at once).
 
     ``sql`` uses psycopg2's placeholders, either all ``%s`` (``params`` a
     sequence) or all ``%(name)s`` (``params`` a mapping), never ``%%``;
@@ -176,6 +231,9 @@ def execute_prepared(sql: str, params: Any, *, prefix: str = "") -> Any:
         database.execute_sql(statement.prepare)
         with _prepared_lock:
             _prepared_on.setdefault(connection, set()).add(statement.name)
+    if defer and isinstance(database.obj, DeferredBeginPostgresqlDatabase):
+        database.obj.defer(prefix + statement.execute, params)
+        return None
     return database.execute_sql(prefix + statement.execute, params)
 
 

@@ -42,6 +42,7 @@ def handle_messages(messages: list[Message]) -> None:
         execute_prepared(
             _ADD_MANY_SQL.format(table=qualified_name(ProductView)),
             {"skus": list(totals), "deltas": list(totals.values())},
+            defer=True,  # sent with the COMMIT: nothing here reads its result
         )
     else:
         ProductView.insert_many(
@@ -70,7 +71,7 @@ _ADD = CompiledQuery(
 
 
 def _add(sku: str, delta: int) -> None:
-    _ADD.run(sku, delta)
+    _ADD.run_deferred(sku, delta)  # sent with the COMMIT (PostgreSQL)
 
 
 def reset() -> None:
