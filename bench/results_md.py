@@ -306,9 +306,10 @@ def _method(ctx: Context) -> str:
   its workers start, rate between 10 % and 90 % applied.
 - **Latency**: measured twice, with the default worker layout and with `-t
   {k.latency_worker_threads}` (fewer threads per worker process; the table shows the slowest
-  listener for it). {k.latency_rate:g} commands/s for {k.latency_warmup:g} s of warm-up, not
-  measured, then {k.latency_duration:g} s measured, open loop (a slow
-  answer does not delay the next send), over {k.latency_skus} SKUs in turn, so each SKU's
+  listener for it). After a CHECKPOINT (earlier scenarios' writes flushed),
+  {k.latency_rate:g} commands/s for {k.latency_warmup:g} s of warm-up, not measured, then
+  {k.latency_duration:g} s measured, open loop (a slow answer does not delay the next send),
+  over {k.latency_skus} SKUs in turn, so each SKU's
   positions are known. A trigger added only in the benchmark database on
   messaging_stream_positions runs `pg_notify` when a listener's position advances; a thread
   of the suite LISTENs on its own connection and timestamps each notification as it arrives

@@ -25,7 +25,8 @@ is reported, and is the floor of what this method can see.
 Load: a fixed ``rate`` of commands per second for ``warmup`` + ``duration``
 seconds, open loop, alternating increases and shipments over
 ``latency_skus`` SKUs in turn, so a SKU is touched once every skus/rate
-seconds and its positions are known in advance. The commands of the first
+seconds and its positions are known in advance. Before the load, a CHECKPOINT flushes what earlier
+scenarios left for PostgreSQL to write. The commands of the first
 ``warmup`` seconds are not measured, as the other scenarios' warm-up: every
 worker thread's first messages open its database connection and prepare its
 statements, and the single probe command before the load reaches only one
@@ -201,6 +202,7 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
             port = service.start_api()
             service.start_workers(threads=threads)
             service.probe()
+            settle(ctx, service.name)
             routed = RoutedWatcher(
                 ctx.broker_url, f"{service.prefix}{ctx.routing.exchange}", watcher.seen
             )
@@ -227,6 +229,14 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
     figures["latency.failures"] = float(sum(result["failures"].values()))
     figures["latency.http_p50_ms"] = statistics.median(r[3] for r in result["records"]) * 1000
     return {prefix + name.removeprefix("latency"): value for name, value in figures.items()}
+
+
+def settle(ctx: Context, database: str) -> None:
+    """Flush what earlier scenarios left dirty in PostgreSQL (CHECKPOINT) before
+    a latency load, so that their checkpoint does not write during it: the
+    end-to-end scenario just before leaves hundreds of MB of WAL behind.
+    The same for the service and its floor."""
+    ctx.postgres.execute(database, "CHECKPOINT")
 
 
 def paced_load(ctx: Context, port: int, *, start_position: int) -> dict:
@@ -292,6 +302,7 @@ def bare_chain(ctx: Context) -> dict[str, float]:
             return {p.split(" ")[0] for _, p in watcher.seen if f" {probe} " in p} == set(listeners)
 
         wait_for(probed, timeout=60, what="the bare chain's probe applied")
+        settle(ctx, name)
         watcher.seen = []
         result = paced_load(ctx, port, start_position=0)  # the chain counts from 1
         expected = result["answered"]

@@ -302,3 +302,51 @@ def test_the_archive_keeps_a_batch_whose_columns_are_all_empty_in_places(db, sku
     assert sorted((r.stream, r.position, r.predecessors, r.correlation_id) for r in rows) == [
         (s, 1, None, None) for s in streams
     ]
+
+
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+@pytest.mark.parametrize(
+    ("listener", "kind", "round_trips"),
+    [
+        ("view", PRODUCT_QUANTITY_INCREASED, 2),
+        ("archive", PRODUCT_QUANTITY_INCREASED, 2),
+        ("notifier", PRODUCT_QUANTITY_INCREASED, 2),  # an increase never notifies
+        ("notifier", PRODUCT_QUANTITY_SHIPPED, 3),  # the quantity left decides
+    ],
+)
+def test_a_listeners_next_message_is_its_claim_then_its_write_with_the_commit(
+    db, sku, monkeypatch, listener, kind, round_trips
+):
+    handlers = {
+        "view": products.handle_message,
+        "notifier": low_quantity.handle_message,
+        "archive": archive_message,
+    }
+    spec = ListenerSpec(
+        name=unique_name(listener), handler_path="", handler=handlers[listener], bindings=("#",)
+    )
+    for position in (1, 2):  # the statements prepared (a stream's first claim is another)
+        apply_messages(spec, received(event(PRODUCT_QUANTITY_INCREASED, sku, 100, position)))
+    sent: list[str] = []
+    send = peewee.PostgresqlDatabase.execute_sql
+
+    def recording(self: peewee.Database, sql: str, params: Any = None) -> Any:
+        sent.append(sql)
+        return send(self, sql, params)
+
+    monkeypatch.setattr(peewee.PostgresqlDatabase, "execute_sql", recording)
+
+    assert apply_messages(spec, received(event(kind, sku, 1, 3))) == [Outcome.APPLIED]
+
+    assert len(sent) == round_trips, sent
+    assert sent[0].startswith("BEGIN; ") and "messaging_stream_positions" in sent[0]
+    assert sent[-1].endswith("COMMIT")
+    # The write goes with the COMMIT, unless the handler reads what it returns.
+    assert (sent[-1] == "COMMIT") == (round_trips == 3)
+    expected = 199 if kind == PRODUCT_QUANTITY_SHIPPED else 201
+    if listener == "view":
+        assert products.quantity_of(sku) == expected
+    elif listener == "notifier":
+        assert low_quantity.quantity_of(sku) == expected
+    else:
+        assert ArchivedMessage.select().where(ArchivedMessage.stream == sku).count() == 3

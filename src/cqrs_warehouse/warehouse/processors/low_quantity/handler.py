@@ -42,8 +42,13 @@ def handle_message(message: Message) -> None:
     if change is None:
         return
     sku, delta = change
+    if message.type != PRODUCT_QUANTITY_SHIPPED:
+        # An increase never notifies: nothing reads the new quantity, so the
+        # write goes with the COMMIT (PostgreSQL), a round trip fewer.
+        _ADD.run_deferred(sku, delta)
+        return
     remaining = _add(sku, delta)
-    if message.type == PRODUCT_QUANTITY_SHIPPED and remaining <= _threshold:
+    if remaining <= _threshold:
         notify_low_product_quantity(sku, remaining)
 
 
@@ -53,6 +58,9 @@ def handle_messages(messages: list[Message]) -> None:
     the notifications ``handle_message`` would have sent, in the same order."""
     totals = total_changes(messages)
     if not totals:
+        return
+    if all(message.type != PRODUCT_QUANTITY_SHIPPED for message in messages):
+        _add_many(totals, read=False)  # only increases: nothing to notify
         return
     # Each SKU's quantity after each message: from the last, take the changes back.
     remaining = _add_many(totals)
@@ -90,15 +98,20 @@ def _add(sku: str, delta: int) -> int:
     return int(quantity)
 
 
-def _add_many(totals: dict[str, int]) -> dict[str, int]:
-    """``_add`` for several SKUs in one statement; returns their new quantities."""
+def _add_many(totals: dict[str, int], *, read: bool = True) -> dict[str, int]:
+    """``_add`` for several SKUs in one statement; returns their new quantities
+    (none if not ``read``: then, on PostgreSQL, it goes with the COMMIT)."""
     if is_postgres(database.obj):
         # One array per column: one statement prepared once, whatever the
         # number of SKUs (peewee would build and PostgreSQL parse each one).
-        rows = execute_prepared(
+        cursor = execute_prepared(
             _ADD_MANY_SQL.format(table=qualified_name(NotifierProduct)),
             {"skus": list(totals), "deltas": list(totals.values())},
-        ).fetchall()
+            defer=not read,
+        )
+        if not read:
+            return {}
+        rows = cursor.fetchall()
     else:
         rows = (
             NotifierProduct.insert_many(
