@@ -139,6 +139,18 @@ def test_a_deferred_statement_runs_before_the_next_statement_of_its_transaction(
     assert seen_from_another_connection(pg, message_id)
 
 
+def test_deferred_values_holding_percent_signs_travel_before_a_statement_with_values(pg, sent):
+    deferred, then, last = unique_name("100%s%%"), unique_name("m"), unique_name("%(x)s%")
+    with pg.atomic():
+        first_time("rec", unique_name("m"))
+        pg.defer(INSERT, ("rec", deferred))
+        assert first_time("rec", then)  # its own values bound after the deferred text
+        pg.defer(INSERT, ("rec", last))  # and one with the COMMIT
+    assert len(sent) == 3
+    for message_id in (deferred, then, last):
+        assert seen_from_another_connection(pg, message_id)
+
+
 def test_a_transaction_that_only_deferred_sends_begin_statements_and_commit_at_once(pg, sent):
     message_id = unique_name("m")
     with pg.atomic():

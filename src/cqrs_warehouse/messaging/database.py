@@ -63,10 +63,11 @@ class DeferredBeginPostgresqlDatabase(peewee.PostgresqlDatabase):
             self.execute_sql(sql, params)
             return
         connection = self.connection()
-        text = connection.cursor().mogrify(sql, params).decode()
-        held = getattr(self._local, "deferred", None)
+        text = _bound(connection, sql, params)
+        held: tuple[Any, list[str]] | None = getattr(self._local, "deferred", None)
         if held is None or held[0] is not connection:
-            held = self._local.deferred = (connection, [])
+            held = (connection, [])
+            self._local.deferred = held
         held[1].append(text)
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
@@ -75,10 +76,11 @@ class DeferredBeginPostgresqlDatabase(peewee.PostgresqlDatabase):
             # SAVEPOINT statement carried what was deferred before.
             self._local.deferred = None
         prefix = self._take_deferred()
-        if prefix and params is not None:
+        if prefix not in ("", "BEGIN; ") and params is not None:
             # One query string: the statement's values are bound here, as
-            # psycopg2 binds them.
-            sql = self.connection().cursor().mogrify(sql, params).decode()
+            # psycopg2 binds them (the deferred statements' text, bound
+            # already, may hold a "%").
+            sql = _bound(self.connection(), sql, params)
             params = None
         return super().execute_sql(prefix + sql, params)
 
@@ -123,6 +125,12 @@ class DeferredBeginPostgresqlDatabase(peewee.PostgresqlDatabase):
     def _local(self) -> Any:
         # peewee's per-thread connection state
         return self._state  # type: ignore[attr-defined]
+
+
+def _bound(connection: Any, sql: str, params: Any) -> str:
+    """``sql`` with ``params`` bound, as a query string that peewee passes
+    through psycopg2's binding again (with no values: "%%" becomes "%")."""
+    return str(connection.cursor().mogrify(sql, params).decode()).replace("%", "%%")
 
 
 class BaseModel(peewee.Model):
