@@ -34,6 +34,7 @@ from cqrs_warehouse.warehouse.events import (
 from cqrs_warehouse.warehouse.processors import low_quantity
 from cqrs_warehouse.warehouse.views.products import handler as products
 from tests.conftest import unique_name
+from tests.db.test_deferred_begin import record_queries
 from tests.db.test_listener_batches import Retries, held_positions, position_of
 from tests.db.test_ordering_and_dead_letters import REGISTRY, envelope_of, event
 
@@ -207,16 +208,21 @@ def notifications(sku: str) -> list[str | None]:
     return found
 
 
-@pytest.mark.parametrize("listener", ["view", "notifier", "archive"])
-def test_each_warehouse_batch_handler_has_the_effect_of_its_one_message_handler(db, sku, listener):
+def warehouse_listener(listener: str) -> ListenerSpec:
+    """One of the warehouse's listeners ("view", "notifier", "archive"), bound to everything."""
     handlers = {
         "view": products.handle_message,
         "notifier": low_quantity.handle_message,
         "archive": archive_message,
     }
-    spec = ListenerSpec(
+    return ListenerSpec(
         name=unique_name(listener), handler_path="", handler=handlers[listener], bindings=("#",)
     )
+
+
+@pytest.mark.parametrize("listener", ["view", "notifier", "archive"])
+def test_each_warehouse_batch_handler_has_the_effect_of_its_one_message_handler(db, sku, listener):
+    spec = warehouse_listener(listener)
     together, alone = f"{sku}-t", f"{sku}-a"
     # Several SKUs in one batch, as a consumer would gather them.
     run_listener_batch(
@@ -317,24 +323,10 @@ def test_the_archive_keeps_a_batch_whose_columns_are_all_empty_in_places(db, sku
 def test_a_listeners_next_message_is_its_claim_then_its_write_with_the_commit(
     db, sku, monkeypatch, listener, kind, round_trips
 ):
-    handlers = {
-        "view": products.handle_message,
-        "notifier": low_quantity.handle_message,
-        "archive": archive_message,
-    }
-    spec = ListenerSpec(
-        name=unique_name(listener), handler_path="", handler=handlers[listener], bindings=("#",)
-    )
+    spec = warehouse_listener(listener)
     for position in (1, 2):  # the statements prepared (a stream's first claim is another)
         apply_messages(spec, received(event(PRODUCT_QUANTITY_INCREASED, sku, 100, position)))
-    sent: list[str] = []
-    send = peewee.PostgresqlDatabase.execute_sql
-
-    def recording(self: peewee.Database, sql: str, params: Any = None) -> Any:
-        sent.append(sql)
-        return send(self, sql, params)
-
-    monkeypatch.setattr(peewee.PostgresqlDatabase, "execute_sql", recording)
+    sent = record_queries(monkeypatch)
 
     assert apply_messages(spec, received(event(kind, sku, 1, 3))) == [Outcome.APPLIED]
 

@@ -97,9 +97,9 @@ def test_a_begin_deferred_on_a_connection_since_closed_is_not_sent_on_the_next(p
 # --- deferred statements (DeferredBeginPostgresqlDatabase.defer) ---------------
 
 
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Each query string the database sends to PostgreSQL: one per round trip."""
+def record_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, each query string the database sends to PostgreSQL: one
+    per round trip."""
     queries: list[str] = []
     send = peewee.PostgresqlDatabase.execute_sql
 
@@ -109,6 +109,11 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(peewee.PostgresqlDatabase, "execute_sql", recording)
     return queries
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    return record_queries(monkeypatch)
 
 
 INSERT = "INSERT INTO messaging.messaging_processed_messages (listener, message_id) VALUES (%s, %s)"

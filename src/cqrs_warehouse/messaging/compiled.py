@@ -38,24 +38,19 @@ class CompiledQuery:
         self._compiled: dict[type, tuple[str, list[tuple[int | None, Any]]]] = {}
         self._lock = threading.Lock()
 
-    def run(self, *values: Any) -> Any:
-        """Execute with ``values`` (in the order of the samples); returns the cursor."""
+    def run(self, *values: Any, defer: bool = False) -> Any:
+        """Execute with ``values`` (in the order of the samples); returns the
+        cursor (None if ``defer`` put it off, see ``execute_prepared``)."""
         sql, order = self._sql()
         params = [constant if i is None else values[i] for i, constant in order]
         if is_postgres(database.obj):
-            return execute_prepared(sql, params)
+            return execute_prepared(sql, params, defer=defer)
         return database.execute_sql(sql, params)
 
     def run_deferred(self, *values: Any) -> None:
         """``run``, for a statement whose result is not read: on PostgreSQL it
-        goes with the transaction's next statement or its COMMIT
-        (``execute_prepared``'s ``defer``)."""
-        sql, order = self._sql()
-        params = [constant if i is None else values[i] for i, constant in order]
-        if is_postgres(database.obj):
-            execute_prepared(sql, params, defer=True)
-        else:
-            database.execute_sql(sql, params)
+        goes with the transaction's next statement or its COMMIT."""
+        self.run(*values, defer=True)
 
     def rows(self, *values: Any) -> list[tuple]:
         cursor = self.run(*values)
