@@ -30,7 +30,7 @@ from . import context, dead_letters, listener_state, outbox
 from .database import BaseModel, database, execute_prepared, is_postgres, qualified_name
 from .errors import MessagingError
 from .listeners import apply_message
-from .message import Message, batch_handler_for
+from .message import Message, batch_handler_for, rollback_safe
 from .routing import ListenerSpec
 from .schemas import SchemaRegistry
 from .transport import envelope_from_record, message_from_envelope
@@ -59,6 +59,7 @@ class ArchivedMessage(BaseModel):
         slice_schema = "messaging"
 
 
+@rollback_safe
 def archive_message(message: Message) -> None:
     """Listener handler: keep ``message`` as it was written."""
     row = _row(message, outbox.current().registry)

@@ -169,6 +169,28 @@ def claim(listener: str, stream: str, position: int, required: int) -> int | Non
     return int(rows[0][0]) if rows else None
 
 
+# The SQLSTATE that ``messaging.claim_next`` raises (migration 0005).
+REFUSED_CLAIM = "WQ001"
+
+
+def claim_ahead(listener: str, stream: str, position: int, required: int) -> None:
+    """``claim``, sent along with the transaction's next statement or its
+    COMMIT (PostgreSQL, ``DeferredBeginPostgresqlDatabase`` only): instead of
+    answering, that statement fails (``refused_claim``) unless ``position``
+    is next and no held message waits for it, and the transaction with it.
+    """
+    execute_prepared(_CLAIM_NEXT_SQL, [listener, stream, position, required], defer=True)
+
+
+# (FROM names the prepared statement after the function: cqrs_<n>_claim_next.)
+_CLAIM_NEXT_SQL = 'SELECT * FROM "messaging".claim_next(%s::varchar, %s::varchar, %s, %s)'
+
+
+def refused_claim(error: BaseException) -> bool:
+    """Whether ``error`` (peewee's, wrapping psycopg2's) is ``claim_ahead``'s refusal."""
+    return getattr(getattr(error, "orig", None), "pgcode", None) == REFUSED_CLAIM
+
+
 class Run(NamedTuple):
     """Consecutive messages of one stream in a batch, each the next the
     listener needs after the one before: they can be taken as applied at once."""

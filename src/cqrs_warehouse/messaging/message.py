@@ -76,6 +76,31 @@ def reads(message_type: str, schema_version: int) -> Callable[[H], H]:
 
 READS_ATTRIBUTE = "__cqrs_reads__"
 BATCH_ATTRIBUTE = "__cqrs_batch__"
+ROLLBACK_SAFE_ATTRIBUTE = "__cqrs_rollback_safe__"
+
+
+def rollback_safe(handler: H) -> H:
+    """Declare that all ``handler`` does is undone with its transaction.
+
+    It writes only in the listener's database transaction, and leaves
+    anything else (a log line, a call out) to ``outbox.after_commit``. The
+    messaging core may then run it before it knows that the message is next
+    in its stream: on PostgreSQL the listener's claim goes along with the
+    handler's first statement (or the COMMIT) instead of in a round trip of
+    its own. A message that turns out not to be next (held, a duplicate, or
+    one that held messages wait for) has that transaction undone and is
+    applied the usual way, so the handler is called for it again. Each
+    message's effect stays exactly once; calls to the handler do not.
+    Without this declaration a handler is only called once the message is
+    known to be next.
+    """
+    setattr(handler, ROLLBACK_SAFE_ATTRIBUTE, True)
+    return handler
+
+
+def is_rollback_safe(handler: Any) -> bool:
+    return bool(getattr(handler, ROLLBACK_SAFE_ATTRIBUTE, False))
+
 
 B = TypeVar("B", bound=Callable[[list[Message]], Any])
 

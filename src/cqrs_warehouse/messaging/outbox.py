@@ -7,6 +7,7 @@ a message must commit or roll back with the state change that caused it.
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import json
 import logging
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 
 import peewee
 
@@ -143,15 +145,59 @@ class Outbox:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """A database transaction that wakes the drain if it appended anything."""
+        """A database transaction that wakes the drain if it appended anything
+        and, once it has committed, runs what ``after_commit`` was given in it.
+        Nested, it is a savepoint: undone, it forgets what ``after_commit`` was
+        given within it."""
         outermost = not database.in_transaction()
         if outermost:
             self._state.appended = False
-        with database.atomic():
-            yield
+            self._state.after_commit = []
+        callbacks: list[Callable[[], None]] | None = getattr(self._state, "after_commit", None)
+        given_before = len(callbacks) if callbacks is not None else 0
+        try:
+            with database.atomic():
+                yield
+        except BaseException:
+            if callbacks is not None:
+                del callbacks[given_before:]
+            raise
+        finally:
+            if outermost:
+                self._state.after_commit = None
+        if not outermost:
+            return
         # On PostgreSQL each append NOTIFYs in its own statement.
-        if outermost and self._state.appended and not is_postgres(database.obj):
+        if self._state.appended and not is_postgres(database.obj):
             self._wake_drain()
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:
+                # The transaction has committed: what it did stands.
+                logger.exception("a callback after the commit failed")
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the current transaction has committed (at once
+        outside a transaction); never if it rolls back, nor if the savepoint
+        of a nested ``transaction()`` it was given in is undone. For what a
+        command or a listener does outside the database: a log line, a call
+        out, so that it happens only for a committed change. It runs in the
+        context (``messaging.context``) it was given in. An error it raises is
+        logged; the commit stands.
+        """
+        callbacks: list[Callable[[], None]] | None = getattr(self._state, "after_commit", None)
+        if callbacks is not None:
+            # Run in the context it was given in: its log lines keep the
+            # correlation id and message of the moment.
+            callbacks.append(partial(contextvars.copy_context().run, callback))
+        elif database.in_transaction():
+            raise NotInTransactionError(
+                "after_commit inside a transaction that messaging.transaction() did not "
+                "begin: it cannot tell when that one commits"
+            )
+        else:
+            callback()
 
     def _wake_drain(self) -> None:
         if self.nudge is None:
@@ -282,6 +328,11 @@ def transaction() -> Iterator[None]:
     """The transaction a command (or a listener) runs in; see Outbox.transaction."""
     with current().transaction():
         yield
+
+
+def after_commit(callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the current transaction commits; see Outbox.after_commit."""
+    current().after_commit(callback)
 
 
 def pending_records(limit: int | None = None) -> list[OutboxRecord]:

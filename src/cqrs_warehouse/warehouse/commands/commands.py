@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 
 from cqrs_warehouse.messaging import outbox
 from cqrs_warehouse.messaging.database import (
@@ -155,11 +156,15 @@ def ship_product_quantity(sku: str, quantity: int) -> Message:
 def notify_low_product_quantity(sku: str, quantity: int) -> Message:
     """Warn that ``sku`` is low (``quantity`` left). Emits NotifiedLowProductQuantity v1.
 
-    Does not check ``quantity``: the caller decided it is low.
+    Does not check ``quantity``: the caller decided it is low. The warning is
+    logged once the notification commits (with the notifier's transaction,
+    when the notifier runs it), so a notification that is undone logs nothing.
     """
     validate_sku(sku)
-    logger.warning("Low quantity of product %s: %d remaining", sku, quantity)
     message = Message(type=NOTIFIED_LOW_PRODUCT_QUANTITY, schema_version=1, payload={"sku": sku})
     with outbox.transaction():
         message = outbox.append(message)
+        outbox.after_commit(
+            partial(logger.warning, "Low quantity of product %s: %d remaining", sku, quantity)
+        )
     return message

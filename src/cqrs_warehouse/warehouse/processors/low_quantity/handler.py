@@ -1,6 +1,10 @@
 """The low product quantity notifier: keeps its own quantity per SKU and runs
 "notify low product quantity" when a shipment leaves a SKU at or below the
-threshold. Increases never notify. Run by its listener actor."""
+threshold. Increases never notify. Run by its listener actor.
+
+Its handler is ``rollback_safe``: it only writes in the listener's
+transaction, and the command logs its warning after the commit.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from cqrs_warehouse.messaging.database import (
     is_postgres,
     qualified_name,
 )
-from cqrs_warehouse.messaging.message import Message, batch_handler_for, reads
+from cqrs_warehouse.messaging.message import Message, batch_handler_for, reads, rollback_safe
 
 from ...commands import notify_low_product_quantity
 from ...events import (
@@ -35,6 +39,7 @@ def configure(*, threshold: int) -> None:
     _threshold = threshold
 
 
+@rollback_safe
 @reads(PRODUCT_QUANTITY_INCREASED, 1)
 @reads(PRODUCT_QUANTITY_SHIPPED, 1)
 def handle_message(message: Message) -> None:

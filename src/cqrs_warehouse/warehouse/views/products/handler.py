@@ -11,7 +11,7 @@ from cqrs_warehouse.messaging.database import (
     is_postgres,
     qualified_name,
 )
-from cqrs_warehouse.messaging.message import Message, batch_handler_for, reads
+from cqrs_warehouse.messaging.message import Message, batch_handler_for, reads, rollback_safe
 
 from ...events import (
     PRODUCT_QUANTITY_INCREASED,
@@ -22,6 +22,7 @@ from ...events import (
 from .models import ProductView
 
 
+@rollback_safe
 @reads(PRODUCT_QUANTITY_INCREASED, 1)
 @reads(PRODUCT_QUANTITY_SHIPPED, 1)
 def handle_message(message: Message) -> None:
