@@ -13,10 +13,15 @@ import pytest
 
 from cqrs_warehouse.messaging import listener_state, outbox
 from cqrs_warehouse.messaging.archive import ArchivedMessage
-from cqrs_warehouse.messaging.listeners import Outcome, apply_message
+from cqrs_warehouse.messaging.listeners import Outcome, apply_message, claiming_ahead
 from cqrs_warehouse.messaging.message import Message, is_rollback_safe, rollback_safe
 from cqrs_warehouse.messaging.routing import ListenerSpec
-from cqrs_warehouse.warehouse.events import PRODUCT_QUANTITY_INCREASED, PRODUCT_QUANTITY_SHIPPED
+from cqrs_warehouse.messaging.testing import pending_messages
+from cqrs_warehouse.warehouse.events import (
+    NOTIFIED_LOW_PRODUCT_QUANTITY,
+    PRODUCT_QUANTITY_INCREASED,
+    PRODUCT_QUANTITY_SHIPPED,
+)
 from cqrs_warehouse.warehouse.processors import low_quantity
 from cqrs_warehouse.warehouse.views.products import handler as products
 from tests.conftest import unique_name
@@ -64,15 +69,16 @@ def test_the_warehouse_listeners_are_rollback_safe(db):
         ("view", PRODUCT_QUANTITY_INCREASED, 1),
         ("archive", PRODUCT_QUANTITY_INCREASED, 1),
         ("notifier", PRODUCT_QUANTITY_INCREASED, 1),  # an increase never notifies
-        ("notifier", PRODUCT_QUANTITY_SHIPPED, 2),  # the quantity left decides
+        ("notifier", PRODUCT_QUANTITY_SHIPPED, 1),  # betting it leaves more than 5
     ],
 )
 def test_a_rollback_safe_listeners_next_message_takes_a_round_trip_fewer(
     db, sku, monkeypatch, listener, kind, round_trips
 ):
     spec = warehouse_listener(listener)
-    for position in (1, 2):  # the statements prepared (a stream's first claim is another)
-        apply_message(spec, increase(sku, 100, position))
+    # The statements prepared (a stream's first claim is another).
+    apply_message(spec, increase(sku, 100, 1))
+    apply_message(spec, one(event(kind, sku, 1, 2)))
     sent = record_queries(monkeypatch)
 
     assert apply_message(spec, one(event(kind, sku, 1, 3))) == Outcome.APPLIED
@@ -81,7 +87,7 @@ def test_a_rollback_safe_listeners_next_message_takes_a_round_trip_fewer(
     assert sent[0].startswith("BEGIN; ") and "claim_next" in sent[0]
     assert sent[-1].endswith("COMMIT")
     assert position_of(spec.name, sku) == 3
-    expected = 199 if kind == PRODUCT_QUANTITY_SHIPPED else 201
+    expected = 98 if kind == PRODUCT_QUANTITY_SHIPPED else 102
     if listener == "view":
         assert products.quantity_of(sku) == expected
     elif listener == "notifier":
@@ -201,6 +207,31 @@ def test_inside_another_transaction_the_claim_is_not_sent_ahead(db, sku, monkeyp
     assert view.calls == [1]
 
 
+def test_a_shipment_that_leaves_the_quantity_low_loses_the_notifiers_bet_and_notifies(
+    db, sku, caplog, monkeypatch
+):
+    spec = warehouse_listener("notifier")
+    apply_message(spec, increase(sku, 100, 1))
+    apply_message(spec, one(event(PRODUCT_QUANTITY_SHIPPED, sku, 1, 2)))  # (prepared)
+    sent = record_queries(monkeypatch)
+
+    with caplog.at_level(logging.WARNING):
+        assert apply_message(spec, one(event(PRODUCT_QUANTITY_SHIPPED, sku, 95, 3))) == (
+            Outcome.APPLIED
+        )
+
+    # The bet, in one round trip, lost; then the usual way.
+    assert sent[0].startswith("BEGIN; ") and sent[0].endswith("COMMIT"), sent
+    assert sent[1].startswith("BEGIN; "), sent  # (psycopg2 sent the ROLLBACK)
+    assert low_quantity.quantity_of(sku) == 4  # the lost bet's write was undone
+    assert [r.getMessage() for r in caplog.records if sku in r.getMessage()] == [
+        f"Low quantity of product {sku}: 4 remaining"
+    ]
+    notified = [m for m in pending_messages() if m.type == NOTIFIED_LOW_PRODUCT_QUANTITY]
+    assert [m.payload for m in notified] == [{"sku": sku}]
+    assert position_of(spec.name, sku) == 3
+
+
 def test_a_notification_is_logged_once_when_its_shipment_is_applied(db, sku, caplog):
     spec = warehouse_listener("notifier")
     apply_message(spec, increase(sku, 6, 1))
@@ -223,3 +254,19 @@ def test_a_notification_is_logged_once_when_its_shipment_is_applied(db, sku, cap
         f"Low quantity of product {sku}: 3 remaining",
     ]
     assert low_quantity.quantity_of(sku) == 3
+
+
+def test_a_handler_knows_whether_it_runs_ahead_of_its_claim(db, sku):
+    seen: list[tuple[int, bool]] = []
+
+    @rollback_safe
+    def handle(message: Message) -> None:
+        seen.append((message.position or 0, claiming_ahead()))
+
+    spec = ListenerSpec(name=unique_name("ahead"), handler_path="", handler=handle, bindings=("#",))
+    apply_message(spec, increase(sku, 1, 1))
+    apply_message(spec, increase(sku, 1, 3))  # held
+    apply_message(spec, increase(sku, 1, 2))  # refused (3 waits for it), then the usual way
+
+    assert seen == [(1, True), (3, True), (2, True), (2, False), (3, False)]
+    assert claiming_ahead() is False

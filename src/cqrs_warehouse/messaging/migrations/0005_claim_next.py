@@ -1,5 +1,7 @@
 """PostgreSQL: ``messaging.claim_next``, a listener's claim that fails unless
-the message is next (see ``listener_state.claim_ahead``). Nothing on SQLite."""
+the message is next (see ``listener_state.claim_ahead``), and
+``messaging.expect``, which fails the same way unless its condition holds
+(see ``listeners.claiming_ahead``). Nothing on SQLite."""
 
 from peewee import PostgresqlDatabase
 
@@ -39,11 +41,25 @@ $$
 """
 
 
+EXPECT = """
+CREATE OR REPLACE FUNCTION "messaging".expect(expected boolean, what text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF expected IS NOT TRUE THEN
+        RAISE EXCEPTION 'not as expected: %%', what USING ERRCODE = 'WQ001';
+    END IF;
+END
+$$
+"""
+
+
 def up(migrator, db):
     if isinstance(db, PostgresqlDatabase):
         db.execute_sql(CLAIM_NEXT)
+        db.execute_sql(EXPECT)
 
 
 def down(migrator, db):
     if isinstance(db, PostgresqlDatabase):
+        db.execute_sql('DROP FUNCTION "messaging".expect(boolean, text)')
         db.execute_sql('DROP FUNCTION "messaging".claim_next(varchar, varchar, bigint, bigint)')

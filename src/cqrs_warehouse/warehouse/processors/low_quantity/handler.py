@@ -18,6 +18,7 @@ from cqrs_warehouse.messaging.database import (
     is_postgres,
     qualified_name,
 )
+from cqrs_warehouse.messaging.listeners import claiming_ahead
 from cqrs_warehouse.messaging.message import Message, batch_handler_for, reads, rollback_safe
 
 from ...commands import notify_low_product_quantity
@@ -51,6 +52,17 @@ def handle_message(message: Message) -> None:
         # An increase never notifies: nothing reads the new quantity, so the
         # write goes with the COMMIT (PostgreSQL), a round trip fewer.
         _ADD.run_deferred(sku, delta)
+        return
+    if claiming_ahead():
+        # A bet that the shipment leaves more than the threshold, as nearly
+        # all do: the write goes with the COMMIT, and PostgreSQL refuses the
+        # transaction if the bet is lost. The message is then applied again
+        # the usual way, which reads the quantity left and notifies.
+        execute_prepared(
+            _ADD_ABOVE_THRESHOLD_SQL.format(table=qualified_name(NotifierProduct)),
+            [sku, delta, _threshold],
+            defer=True,
+        )
         return
     remaining = _add(sku, delta)
     if remaining <= _threshold:
@@ -135,6 +147,13 @@ def _add_many(totals: dict[str, int], *, read: bool = True) -> dict[str, int]:
     return {sku: int(quantity) for sku, quantity in rows}
 
 
+_ADD_ABOVE_THRESHOLD_SQL = (
+    "WITH added AS (INSERT INTO {table} AS p (sku, quantity) VALUES (%s::varchar, %s::bigint) "
+    "ON CONFLICT (sku) DO UPDATE SET quantity = p.quantity + EXCLUDED.quantity "
+    "RETURNING quantity) "
+    "SELECT \"messaging\".expect(quantity > %s, 'the quantity left is above the threshold') "
+    "FROM added"
+)
 _ADD_MANY_SQL = (
     "INSERT INTO {table} AS p (sku, quantity) "
     "SELECT * FROM unnest(%(skus)s::varchar[], %(deltas)s::bigint[]) "
