@@ -95,6 +95,7 @@ def bootstrap(settings: Settings, *, allow_in_process_broker: bool = False) -> R
             url=settings.broker_url,
             confirm_delivery=True,
             listener_batch_size=settings.listener_batch_size,
+            listener_queues=[settings.queue_name(spec.name) for spec in routing.listeners],
             # Of Dramatiq's default middleware, the two the actors use: the
             # others (age limits, callbacks, pipelines, shutdown notices)
             # serve options no actor here sets, and each runs on every message.

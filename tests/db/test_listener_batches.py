@@ -7,11 +7,12 @@ envelopes directly, on SQLite and PostgreSQL, through the real Avro round trip.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 
-from cqrs_warehouse.messaging import dead_letters, listener_state
+from cqrs_warehouse.messaging import context, dead_letters, listener_state
 from cqrs_warehouse.messaging.listeners import Outcome, apply_messages, run_listener_batch
 from cqrs_warehouse.messaging.testing import round_trip
 from cqrs_warehouse.warehouse.events import PRODUCT_QUANTITY_INCREASED
@@ -113,6 +114,23 @@ def test_one_failing_message_is_retried_alone_and_the_rest_of_its_batch_is_appli
     run_listener_batch(recorder("rec", healed), (retry,), REGISTRY, attempt=2, retry_later=retries)
     assert healed == [2, 3]
     assert position_of("rec", sku) == 3 and held_positions("rec") == []
+
+
+def test_every_line_about_a_failed_batch_names_one_of_its_messages(db, sku, caplog):
+    spec = recorder("rec", [], fail_on={2}, attempts=3)
+    caplog.handler.addFilter(context.ContextFilter())  # as the service's log handlers do
+
+    with caplog.at_level(logging.INFO, logger="cqrs_warehouse.messaging.listeners"):
+        run_listener_batch(
+            spec, tuple(increases(sku, 1, 2, 3)), REGISTRY, attempt=1, retry_later=Retries()
+        )
+
+    lines = [r for r in caplog.records if r.name == "cqrs_warehouse.messaging.listeners"]
+    failed = [r for r in lines if "a batch of 3 failed" in r.getMessage()]
+    assert len(failed) == 3
+    assert all(r.message_id and r.message_type and r.listener == "rec" for r in lines), [
+        r.getMessage() for r in lines if not getattr(r, "message_id", None)
+    ]
 
 
 def test_at_its_last_attempt_a_failing_message_of_a_batch_is_dead_lettered(db, sku):

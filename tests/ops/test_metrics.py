@@ -202,11 +202,16 @@ def test_the_workers_exposition_counts_listener_outcomes(ops, sku):
         metric(text, "cqrs_outbox_published_total") - metric(before, "cqrs_outbox_published_total")
         >= 4
     )
+    # Dramatiq counts its own messages: deliveries that reached a listener's
+    # consumer together are one Dramatiq message (a batch), so the 4
+    # deliveries were 1 to 4 of them; cqrs_listener_messages_total (above)
+    # counts each delivery.
     actor = {"actor_name": "listener.products_view"}
     assert (
-        metric(text, "dramatiq_messages_total", **actor)
+        1
+        <= metric(text, "dramatiq_messages_total", **actor)
         - metric(before, "dramatiq_messages_total", **actor)
-        == 4
+        <= 4
     )
 
 

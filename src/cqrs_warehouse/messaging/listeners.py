@@ -460,21 +460,27 @@ def run_listener_batch(
         with context.bound(listener=spec.name):
             outcomes = apply_messages(spec, [message for message, _ in batch], registry)
     except CONNECTION_ERRORS as error:
-        logger.warning(
-            "listener %s: database error (unavailable, deadlock), will retry %d messages: %r",
-            spec.name,
-            len(batch),
-            error,
-        )
+        # A line per message, as every line about messages names its message.
+        for message, _ in batch:
+            logger.warning(
+                "listener %s: database error (unavailable, deadlock) in a batch of %d, "
+                "will retry: %r",
+                spec.name,
+                len(batch),
+                error,
+                extra=_fields(spec, message),
+            )
         metrics.count_listener_outcome(spec.name, "retried", len(batch))
         raise
     except Exception as error:
-        logger.info(
-            "listener %s: a batch of %d failed (%r); applying its messages one by one",
-            spec.name,
-            len(batch),
-            error,
-        )
+        for message, _ in batch:
+            logger.info(
+                "listener %s: a batch of %d failed (%r); applying this message on its own",
+                spec.name,
+                len(batch),
+                error,
+                extra=_fields(spec, message),
+            )
         for _, envelope in batch:
             try:
                 run_listener(spec, envelope, registry, attempt=attempt)
@@ -485,19 +491,23 @@ def run_listener_batch(
         return
     for (message, _), outcome in zip(batch, outcomes, strict=True):
         metrics.count_listener_outcome(spec.name, str(outcome))
-        # The context fields of the line, as ``context.bound`` would set them.
         logger.info(
             "listener %s: %s (attempt %d)",
             spec.name,
             outcome,
             attempt,
-            extra={
-                "correlation_id": message.correlation_id,
-                "message_id": message.id,
-                "message_type": message.type,
-                "listener": spec.name,
-            },
+            extra=_fields(spec, message),
         )
+
+
+def _fields(spec: ListenerSpec, message: Message) -> dict[str, Any]:
+    """The context fields of a line about ``message``, as ``context.bound`` would set them."""
+    return {
+        "correlation_id": message.correlation_id,
+        "message_id": message.id,
+        "message_type": message.type,
+        "listener": spec.name,
+    }
 
 
 def build_listener_actor(
