@@ -6,6 +6,7 @@ Each message's effect stays exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import peewee
@@ -178,9 +179,12 @@ def test_a_handler_error_is_raised_as_it_is_and_nothing_is_kept(db, sku):
     assert position_of(spec.name, sku) is None
 
 
-def test_a_statement_error_of_the_handler_is_not_taken_for_a_refusal(db, sku):
+def test_a_statement_error_of_the_handler_is_raised_by_the_usual_way(db, sku):
+    calls: list[bool] = []
+
     @rollback_safe
     def bad_statement(message: Message) -> None:
+        calls.append(claiming_ahead())
         db.execute_sql("SELECT no_such_column FROM messaging.messaging_stream_positions")
 
     spec = ListenerSpec(
@@ -191,7 +195,28 @@ def test_a_statement_error_of_the_handler_is_not_taken_for_a_refusal(db, sku):
         apply_message(spec, increase(sku, 3, 1))
 
     assert not listener_state.refused_claim(raised.value)
+    assert calls == [True, False]  # ahead, then the usual way, which raised it
     assert position_of(spec.name, sku) is None
+
+
+def test_a_handler_that_catches_the_refusal_and_goes_on_still_gets_its_message_held(db, sku):
+    @rollback_safe
+    def stubborn(message: Message) -> None:
+        products.handle_message(message)
+        # The claim goes with this statement and is refused; the handler
+        # goes on, and the COMMIT fails instead.
+        with contextlib.suppress(peewee.DatabaseError):
+            db.execute_sql("SELECT 1")
+
+    spec = ListenerSpec(
+        name=unique_name("stubborn"), handler_path="", handler=stubborn, bindings=("#",)
+    )
+    assert apply_message(spec, increase(sku, 1, 1)) == Outcome.APPLIED
+
+    assert apply_message(spec, increase(sku, 10, 3)) == Outcome.HELD
+
+    assert products.quantity_of(sku) == 1
+    assert held_positions(spec.name) == [3]
 
 
 def test_inside_another_transaction_the_claim_is_not_sent_ahead(db, sku, monkeypatch):

@@ -89,8 +89,9 @@ def rollback_safe(handler: H) -> H:
     handler's first statement (or the COMMIT) instead of in a round trip of
     its own. A message that turns out not to be next (held, a duplicate, or
     one that held messages wait for) has that transaction undone and is
-    applied the usual way, so the handler is called for it again. Each
-    message's effect stays exactly once; calls to the handler do not.
+    applied the usual way, so the handler is called for it again (as after
+    any other database error in that transaction). Each message's effect
+    stays exactly once; calls to the handler do not.
     Without this declaration a handler is only called once the message is
     known to be next.
     """
