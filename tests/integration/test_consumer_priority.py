@@ -6,14 +6,12 @@ deliveries are checked against the real RabbitMQ."""
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import dramatiq
 import pika
 import pytest
-from dramatiq.common import dq_name, xq_name
 
 from cqrs_warehouse.messaging.broker import (
     EventRoutingRabbitmqBroker,
@@ -21,7 +19,7 @@ from cqrs_warehouse.messaging.broker import (
     worker_process_index,
 )
 from cqrs_warehouse.messaging.transport import AVRO_CONTENT_TYPE
-from tests.conftest import BROKER_URL, unique_name
+from tests.conftest import BROKER_URL
 
 QUEUES = ["view", "notifier", "archive"]
 
@@ -75,18 +73,6 @@ def test_a_child_process_started_unnamed_knows_its_rank():
 
 def _report_index(reports: Any) -> None:
     reports.put(worker_process_index())
-
-
-@pytest.fixture
-def queue() -> Iterator[str]:
-    name = unique_name("preferred")
-    yield name
-    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
-    try:
-        for declared in (name, dq_name(name), xq_name(name)):
-            connection.channel().queue_delete(declared)
-    finally:
-        connection.close()
 
 
 def consumer_in_process(

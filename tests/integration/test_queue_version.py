@@ -18,19 +18,7 @@ from dramatiq.common import dq_name, xq_name
 from dramatiq.errors import ConnectionClosed
 
 from cqrs_warehouse.messaging.broker import EventRoutingRabbitmqBroker
-from tests.conftest import BROKER_URL, unique_name
-
-
-@pytest.fixture
-def queue() -> Iterator[str]:
-    name = unique_name("qversion")
-    yield name
-    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
-    try:
-        for declared in (name, dq_name(name), xq_name(name)):
-            connection.channel().queue_delete(declared)
-    finally:
-        connection.close()
+from tests.conftest import BROKER_URL
 
 
 @pytest.fixture
