@@ -126,6 +126,15 @@ def figures(
             "latency.resolution_ms", "  latency method's own delay (probe median)", "ms", digits=2
         ),
         Figure(
+            "latency.busy_pct",
+            "  machine's cores busy during the service's latency load",
+            "%",
+            baseline="bare_chain.busy_pct",
+        ),
+        Figure(
+            "bare_chain.busy_pct", "  machine's cores busy during the floor's latency load", "%"
+        ),
+        Figure(
             "backlog.large.seconds",
             f"Backlog {large:,} events: start workers -> all applied",
             "s",

@@ -326,7 +326,10 @@ def _method(ctx: Context) -> str:
   in confirm mode to a fanout exchange with one durable queue per listener, and
   {len(ctx.routing.listeners)} bare pika consumers, one thread each, doing one upsert+commit
   per message before the ack. The latency rows' ratio is the service's over the floor's
-  slowest listener.
+  slowest listener. "Cores busy" is the machine's CPU time (user, system, interrupts; not
+  time stolen by a hypervisor) over the load's wall time and the number of cores, for the
+  service's load and the floor's: a fixed rate's latency stays near its floor only while
+  the machine has cores to spare.
 - **Backlog**: the events are written by the service's own commands, in-process
   (bench/fill_outbox.py: `cqrs_warehouse.bootstrap` + the command functions, 500 to a
   transaction, {k.backlog_fill_parts} processes side by side) into a template database once per

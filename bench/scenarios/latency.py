@@ -47,11 +47,13 @@ from collections import defaultdict
 from typing import Any
 
 import pika
+import psutil
 import psycopg2
 import psycopg2.extensions
 
 from ..baselines import bare_chain as chain
 from ..context import Context
+from ..cpu import CpuMeter
 from ..http_load import LoadRun
 from ..infra import delete_queues
 from ..installation import SKU_PREFIX, Installation, post
@@ -228,6 +230,7 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
     figures["latency.late_sends"] = float(result["late_sends"])
     figures["latency.failures"] = float(sum(result["failures"].values()))
     figures["latency.http_p50_ms"] = statistics.median(r[3] for r in result["records"]) * 1000
+    figures["latency.busy_pct"] = result["busy_pct"]
     return {prefix + name.removeprefix("latency"): value for name, value in figures.items()}
 
 
@@ -240,9 +243,16 @@ def settle(ctx: Context, database: str) -> None:
 
 
 def paced_load(ctx: Context, port: int, *, start_position: int) -> dict:
-    """The latency load on ``port``: the load generator's result, once it is done."""
+    """The latency load on ``port``: the load generator's result, once it is
+    done, with ``busy_pct``: how busy the machine's cores were meanwhile (100
+    is every core all the time). A fixed rate's latency is low only while
+    the machine has cores to spare; the service and its floor on the same
+    machine are compared by it too."""
     knobs = ctx.knobs
-    return LoadRun(
+    meter = CpuMeter({})
+    meter.start()
+    started = time.monotonic()
+    result = LoadRun(
         {
             "mode": "paced",
             "port": port,
@@ -257,6 +267,9 @@ def paced_load(ctx: Context, port: int, *, start_position: int) -> dict:
         },
         timeout=knobs.latency_warmup + knobs.latency_duration + 60,
     ).result()
+    cores = psutil.cpu_count() or 1
+    busy = meter.stop()["machine"] / (time.monotonic() - started) / cores
+    return {**result, "busy_pct": 100 * busy}
 
 
 def bare_chain(ctx: Context) -> dict[str, float]:
@@ -328,6 +341,7 @@ def bare_chain(ctx: Context) -> dict[str, float]:
         "bare_chain.p99_ms": figures["latency.worst.p99_ms"],
         "bare_chain.resolution_ms": resolution_ms,
         "bare_chain.http_p50_ms": statistics.median(r[3] for r in result["records"]) * 1000,
+        "bare_chain.busy_pct": result["busy_pct"],
     }
 
 
