@@ -60,7 +60,8 @@ def main() -> int:
     if output is not None:
         from .results_md import render
 
-        output.write_text(render(ctx, environment, results, table), encoding="utf-8")
+        report = render(ctx, environment, results, table, main=output.resolve() == RESULTS)
+        output.write_text(report, encoding="utf-8")
         log(f"wrote {output}")
     return 1 if results.errors else 0
 

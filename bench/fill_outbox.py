@@ -22,6 +22,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 import peewee
 
@@ -51,7 +52,7 @@ def fill(start: int, stop: int, skus: int, part: int, parts: int) -> int:
     mine = [k for k in range(start, stop) if (k % skus) % parts == part]
     for offset in range(0, len(mine), COMMANDS_PER_TRANSACTION):
         batch = mine[offset : offset + COMMANDS_PER_TRANSACTION]
-        _with_reconnect(lambda batch=batch: _run_batch(batch, skus))
+        _with_reconnect(partial(_run_batch, batch, skus))
     return len(mine)
 
 

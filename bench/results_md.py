@@ -12,7 +12,12 @@ PROFILES = Path(__file__).resolve().parent / "profiles"
 CPU_PARTS = ("api", "workers", "postgres", "rabbitmq", "loadgen", "machine")
 
 
-def render(ctx: Context, env: Environment, results: Results, table: list[Row]) -> str:
+def render(
+    ctx: Context, env: Environment, results: Results, table: list[Row], *, main: bool = True
+) -> str:
+    """The report. ``main``: it is bench/RESULTS.md, which carries bench/NOTES.md
+    and the profiles' summaries; any other report points to them instead
+    (they are written about RESULTS.md's run)."""
     knobs = ctx.knobs
     listeners = ctx.routing.listeners
     sections = [
@@ -37,10 +42,10 @@ def render(ctx: Context, env: Environment, results: Results, table: list[Row]) -
         + _backlog_note(results, len(listeners), knobs.backlog_large, knobs.backlog_target_s),
         _cpu(results),
         _scaling(results, listeners),
-        _notes(),
+        _notes() if main else _ELSEWHERE,
         _method(ctx),
         _runtime(results),
-        _profiles(),
+        _profiles() if main else "",
         "## Knobs (bench/knobs.py)\n\n" + knobs_table(knobs),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
@@ -349,6 +354,13 @@ def _method(ctx: Context) -> str:
   transaction per batch (`tx_select`/`tx_commit`).
 - **Runs**: the scenarios are interleaved (run 1 of each, then run 2 ...), so that a busy
   moment of the shared machine is spread over the service and its baselines."""
+
+
+_ELSEWHERE = """## What was done, and what stands in the way
+
+Written by hand in `bench/NOTES.md`, about the run of `bench/RESULTS.md`
+(spliced into it there), with the profiles in `bench/profiles/`. This report
+is another run of the same suite."""
 
 
 def _notes() -> str:
