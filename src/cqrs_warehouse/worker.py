@@ -13,8 +13,6 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable
-from typing import Any
 
 # Prometheus's multiprocess mode is chosen when prometheus_client is first
 # imported, so its folder is set before anything imports it. Dramatiq's
@@ -30,13 +28,13 @@ os.makedirs(_metrics_dir, exist_ok=True)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 from dramatiq.middleware import Middleware  # noqa: E402
-from dramatiq.middleware.prometheus import Prometheus  # noqa: E402
 
 from . import logs  # noqa: E402
 from .background_logging import FlushLogsAtShutdown, write_in_background  # noqa: E402
 from .bootstrap import bootstrap  # noqa: E402
 from .messaging.errors import MessagingError  # noqa: E402
 from .settings import Settings  # noqa: E402
+from .worker_metrics import PrometheusPerDelivery  # noqa: E402
 
 
 class _RemoveMetricsWhenLast(Middleware):
@@ -69,54 +67,6 @@ class _RemoveMetricsWhenLast(Middleware):
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-class _PrometheusPerDelivery(Prometheus):
-    """Dramatiq's Prometheus middleware, with a listener's batch counted as its deliveries.
-
-    The listeners' consumer hands a listener the deliveries that arrived
-    together as one Dramatiq message, with an envelope per delivery as its
-    arguments (broker.py). Dramatiq's middleware would count that message
-    once, so ``dramatiq_messages_total`` and its errored, rejected and
-    retried counts would depend on how deliveries happened to be batched.
-    Here a listener's message counts once per envelope: the same as
-    ``cqrs_listener_messages_total`` and RabbitMQ's own counts, however they
-    were batched. The duration histogram and the in-progress gauges stay per
-    Dramatiq message: a batch is processed, and timed, as one.
-    """
-
-    def __init__(self, listener_actors: Iterable[str]) -> None:
-        super().__init__()
-        self.listener_actors = frozenset(listener_actors)
-
-    def _more(self, message: Any) -> tuple[tuple[str, str], int]:
-        """The message's labels, and how many deliveries it stands for beyond one."""
-        extra = len(message.args) - 1 if message.actor_name in self.listener_actors else 0
-        return (message.queue_name, message.actor_name), max(0, extra)
-
-    def after_process_message(
-        self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
-    ) -> None:
-        super().after_process_message(broker, message, result=result, exception=exception)
-        labels, extra = self._more(message)
-        if extra:
-            self.total_messages.labels(*labels).inc(extra)
-            if exception is not None:
-                self.total_errored_messages.labels(*labels).inc(extra)
-
-    after_skip_message = after_process_message
-
-    def after_nack(self, broker: Any, message: Any) -> None:
-        super().after_nack(broker, message)
-        labels, extra = self._more(message)
-        if extra:
-            self.total_rejected_messages.labels(*labels).inc(extra)
-
-    def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
-        super().after_enqueue(broker, message, delay)
-        labels, extra = self._more(message)
-        if extra and "retries" in message.options:
-            self.total_retried_messages.labels(*labels).inc(extra)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -145,7 +95,7 @@ broker = runtime.broker
 broker.add_middleware(FlushLogsAtShutdown())
 # Metrics of every worker process, served by dramatiq on dramatiq_prom_port (9191).
 broker.add_middleware(
-    _PrometheusPerDelivery(actor.actor_name for actor in runtime.listener_actors.values())
+    PrometheusPerDelivery(actor.actor_name for actor in runtime.listener_actors.values())
 )
 if _own_metrics_dir:
     broker.add_middleware(_RemoveMetricsWhenLast(_metrics_dir))

@@ -1,0 +1,61 @@
+"""The workers' Prometheus middleware. Imported by worker.py only.
+
+Importing Dramatiq's Prometheus middleware reads its metrics folder
+(``dramatiq_prom_db``) from the environment, so worker.py imports this module
+once it has set that folder; nothing else in the service imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from dramatiq.middleware.prometheus import Prometheus
+
+
+class PrometheusPerDelivery(Prometheus):
+    """Dramatiq's Prometheus middleware, with a listener's batch counted as its deliveries.
+
+    The listeners' consumer hands a listener the deliveries that arrived
+    together as one Dramatiq message, with an envelope per delivery as its
+    arguments (broker.py). Dramatiq's middleware would count that message
+    once, so ``dramatiq_messages_total`` and its errored, rejected and
+    retried counts would depend on how deliveries happened to be batched.
+    Here a listener's message counts once per envelope: the same as
+    ``cqrs_listener_messages_total`` and RabbitMQ's own counts, however they
+    were batched. The duration histogram and the in-progress gauges stay per
+    Dramatiq message: a batch is processed, and timed, as one.
+    """
+
+    def __init__(self, listener_actors: Iterable[str]) -> None:
+        super().__init__()
+        self.listener_actors = frozenset(listener_actors)
+
+    def _more(self, message: Any) -> tuple[tuple[str, str], int]:
+        """The message's labels, and how many deliveries it stands for beyond one."""
+        extra = len(message.args) - 1 if message.actor_name in self.listener_actors else 0
+        return (message.queue_name, message.actor_name), max(0, extra)
+
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
+    ) -> None:
+        super().after_process_message(broker, message, result=result, exception=exception)
+        labels, extra = self._more(message)
+        if extra:
+            self.total_messages.labels(*labels).inc(extra)
+            if exception is not None:
+                self.total_errored_messages.labels(*labels).inc(extra)
+
+    after_skip_message = after_process_message
+
+    def after_nack(self, broker: Any, message: Any) -> None:
+        super().after_nack(broker, message)
+        labels, extra = self._more(message)
+        if extra:
+            self.total_rejected_messages.labels(*labels).inc(extra)
+
+    def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+        super().after_enqueue(broker, message, delay)
+        labels, extra = self._more(message)
+        if extra and "retries" in message.options:
+            self.total_retried_messages.labels(*labels).inc(extra)
