@@ -30,7 +30,8 @@ def main() -> int:
         "--only",
         nargs="+",
         metavar="WORD",
-        help="only the scenarios whose name holds one of these words (e.g. latency backlog)",
+        help="only the scenarios whose name holds one of these words (e.g. latency backlog); "
+        "with --profile, only those of its profiles (pipeline, drain, paths)",
     )
     parser.add_argument("--profile", action="store_true", help="profile the service instead")
     parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs")
@@ -47,7 +48,7 @@ def main() -> int:
     if args.profile:
         from .profiling import profile
 
-        profile(knobs, keep_logs=args.keep_logs)
+        profile(knobs, keep_logs=args.keep_logs, only=set(args.only) if args.only else None)
         return 0
     ctx, environment, results = run_suite(
         knobs, only=set(args.only) if args.only else None, keep_logs=args.keep_logs

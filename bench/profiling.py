@@ -1,6 +1,7 @@
-"""``python -m bench --profile``: where the service spends its CPU, by py-spy.
+"""``python -m bench --profile``: where the service spends its time, by py-spy and pyinstrument.
 
-Two profiles, each written as a text summary to bench/profiles/:
+Three profiles, each written as a text summary to bench/profiles/
+(``--only pipeline drain paths`` picks some of them):
 
 - ``pipeline.txt``: the API (gunicorn master and workers) and the workers
   (dramatiq processes) while the sustained end-to-end load runs, sampled
@@ -8,7 +9,11 @@ Two profiles, each written as a text summary to bench/profiles/:
 - ``drain.txt``: the drain alone (``--queues <prefix>outbox_drain``, one
   process, one thread) publishing a backlog written by the commands, with
   its rate, so the cost per published message can be read without the
-  listeners in the way.
+  listeners in the way;
+- ``paths.txt``: pyinstrument's call trees of one command's path through
+  the Falcon app and one delivery's path through a listener, run one after
+  another in a single process with nothing else running
+  (``bench/paths_profile.py``).
 
 py-spy samples the processes from outside (``--nonblocking``: it does not
 stop them) twice at once: every thread it does not see as idle (wall time,
@@ -22,6 +27,7 @@ that were on top of the stack (self) and the ones anywhere in it
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +41,8 @@ from . import infra
 from .context import Context, Routing, listeners_config
 from .installation import Installation, build_seeded_template, migrate
 from .knobs import Knobs
-from .processes import BIN, Service, wait_for
+from .processes import BIN, Service, run_helper, wait_for
+from .report import cpu_model
 from .scenarios.backlog import Templates
 from .scenarios.pipeline import DRAIN_QUEUE, closed_loop
 from .suite import clean_up, log, source_fingerprint
@@ -288,7 +295,24 @@ def profile_drain(ctx: Context, raw_dir: Path, events: int = 20_000) -> str:
     )
 
 
-def profile(knobs: Knobs, *, keep_logs: bool) -> None:
+def profile_paths(ctx: Context, commands: int = 2_000) -> str:
+    """``bench.paths_profile`` over a migrated database of its own, in the
+    service's environment; its report."""
+    with Installation(ctx, "profile_paths", template=ctx.migrated_template) as service:
+        return run_helper(
+            [
+                sys.executable,
+                "-m",
+                "bench.paths_profile",
+                str(commands),
+                str(ctx.log_dir / f"{service.name}.log"),
+            ],
+            env=service.env(),
+            timeout=600,
+        ).strip()
+
+
+def profile(knobs: Knobs, *, keep_logs: bool, only: set[str] | None = None) -> None:
     if shutil.which(str(BIN / "py-spy")) is None:
         raise SystemExit("bench --profile needs py-spy: .venv/bin/pip install -e '.[bench]'")
     tag = infra.new_tag()
@@ -301,22 +325,30 @@ def profile(knobs: Knobs, *, keep_logs: bool) -> None:
         routing=Routing.load(listeners_config()),
         log_dir=log_dir,
     )
-    header = f"source: {source_fingerprint()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    header = (
+        f"source: {source_fingerprint()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{cpu_model()}, {os.cpu_count()} cores"
+    )
+    chosen = [name for name in ("pipeline", "drain", "paths") if not only or name in only]
+    written: dict[str, str] = {}
     try:
         ctx.migrated_template = f"{tag}_migrated"
         migrate(ctx, ctx.postgres.create(ctx.migrated_template))
-        ctx.seeded_template = build_seeded_template(ctx)
-        log("profiling the API and the workers under the end-to-end load ...")
-        pipeline = profile_pipeline(ctx, raw_dir)
-        log("profiling the drain alone on a backlog ...")
-        drain = profile_drain(ctx, raw_dir)
+        if "pipeline" in chosen:
+            ctx.seeded_template = build_seeded_template(ctx)
+            log("profiling the API and the workers under the end-to-end load ...")
+            written["pipeline"] = profile_pipeline(ctx, raw_dir)
+        if "drain" in chosen:
+            log("profiling the drain alone on a backlog ...")
+            written["drain"] = profile_drain(ctx, raw_dir)
+        if "paths" in chosen:
+            log("profiling a command's and a delivery's paths in one process ...")
+            written["paths"] = profile_paths(ctx)
     finally:
         clean_up(ctx, Templates(ctx), keep_logs=keep_logs)
         shutil.rmtree(raw_dir, ignore_errors=True)
     PROFILES.mkdir(exist_ok=True)
-    (PROFILES / "pipeline.txt").write_text(f"{header}\n\n{pipeline}\n", encoding="utf-8")
-    (PROFILES / "drain.txt").write_text(f"{header}\n\n{drain}\n", encoding="utf-8")
-    print(pipeline)
-    print()
-    print(drain)
-    log(f"wrote {PROFILES / 'pipeline.txt'} and {PROFILES / 'drain.txt'}")
+    for name, text in written.items():
+        (PROFILES / f"{name}.txt").write_text(f"{header}\n\n{text}\n", encoding="utf-8")
+        print(text, end="\n\n")
+    log(f"wrote {', '.join(str(PROFILES / f'{name}.txt') for name in written)}")

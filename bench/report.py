@@ -47,7 +47,7 @@ class Environment:
                 versions[package] = "not installed"
         one, five, fifteen = os.getloadavg()
         return cls(
-            cpu_model=_cpu_model(),
+            cpu_model=cpu_model(),
             cores=os.cpu_count() or 0,
             ram_gib=_ram_gib(),
             load_before=f"{one:.2f} {five:.2f} {fifteen:.2f}",
@@ -58,7 +58,7 @@ class Environment:
         )
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
