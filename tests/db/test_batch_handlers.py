@@ -347,3 +347,37 @@ def test_a_listeners_next_message_is_its_claim_then_its_write_with_the_commit(
     assert (sent[-1] == "COMMIT") == (round_trips == 3)
     expected = 199 if kind == PRODUCT_QUANTITY_SHIPPED else 201
     assert effect_on(listener, sku) == (3 if listener == "archive" else expected)
+
+
+def test_messages_whose_copies_are_held_are_duplicates_in_a_batch_as_one_at_a_time(db, sku):
+    # Copies of 3 and 2 came first, out of order: both held, waiting for 1.
+    calls = Calls()
+    for copy in received(*increases(sku, 3, 2)):
+        assert apply_message(calls.spec, copy) == Outcome.HELD
+    alone = Calls("alone")
+    for copy in received(*increases(sku, 3, 2)):
+        assert apply_message(alone.spec, copy) == Outcome.HELD
+
+    together = apply_messages(calls.spec, received(*increases(sku, 1, 2, 3, 4)))
+    one_at_a_time = [apply_message(alone.spec, m) for m in received(*increases(sku, 1, 2, 3, 4))]
+
+    # 1 releases the held 2 and 3; the delivered 2 and 3 are their duplicates.
+    expected = [Outcome.APPLIED, Outcome.DUPLICATE, Outcome.DUPLICATE, Outcome.APPLIED]
+    assert together == one_at_a_time == expected
+    assert calls.batches == [[(sku, 1)]]
+    assert calls.one == [(sku, 2), (sku, 3), (sku, 4)]
+    assert alone.one == [(sku, 1), (sku, 2), (sku, 3), (sku, 4)]
+    assert position_of("batched", sku) == position_of("alone", sku) == 4
+    assert held_positions("batched") == held_positions("alone") == []
+
+
+def test_a_run_is_cut_only_at_a_held_copy_of_one_of_its_messages(db, sku):
+    # 5 is held (it waits for 4); the run 1-3 does not reach it and stays whole.
+    calls = Calls()
+    assert apply_message(calls.spec, received(*increases(sku, 5))[0]) == Outcome.HELD
+
+    outcomes = apply_messages(calls.spec, received(*increases(sku, 1, 2, 3)))
+
+    assert outcomes == [Outcome.APPLIED] * 3
+    assert calls.batches == [[(sku, 1), (sku, 2), (sku, 3)]]
+    assert position_of("batched", sku) == 3 and held_positions("batched") == [5]
