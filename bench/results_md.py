@@ -267,9 +267,9 @@ def _scaling(results: Results, listeners: tuple[str, ...]) -> str:
         if bare:
             lines.append(
                 f"- The baseline actor reaches {bare:,.0f} deliveries/s on these 2 cores; a "
-                "delivery of the service costs more than that actor's update+commit (the "
-                "ratio in the table): that gap, not the core count, is what the lead can move "
-                "first."
+                "delivery of the service costs more CPU than that actor's update+commit (the "
+                "CPU table above), so per core the service stays below that actor, whatever the "
+                "number of cores."
             )
         lines.append(
             "- Beyond one machine: PostgreSQL commits (one fsync per listener transaction, i.e. "
