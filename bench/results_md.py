@@ -55,7 +55,7 @@ def _warnings(env: Environment, results: Results) -> str:
     lines = []
     # Only the load before the suite started says anything about other work:
     # once it runs, the suite's own processes (API, workers, PostgreSQL's
-    # backends, the load generator) keep the 1-minute load average at 5-8 on
+    # backends, the load generator) keep the 1-minute load average at 4-9 on
     # a 2-core machine, so the load along the way is reported, not warned of.
     if float(env.load_before.split()[0]) > 1.0:
         lines.append(
