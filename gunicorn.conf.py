@@ -13,7 +13,7 @@ import tempfile
 
 from gunicorn import glogging
 
-wsgi_app = "cqrs_warehouse.web:create_app()"
+wsgi_app = "cqrs_warehouse.web:app_from_environment()"
 bind = [os.environ.get("BIND", "127.0.0.1:8000")]
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 worker_class = "gthread"
@@ -104,18 +104,11 @@ def on_starting(server):
     """Refuse a bad environment or listeners.yaml once, in one line, before any worker boots."""
     import sys
 
-    from cqrs_warehouse.messaging.errors import ConfigurationError, MessagingError
-    from cqrs_warehouse.messaging.routing import load_routing
-    from cqrs_warehouse.settings import Settings
+    from cqrs_warehouse.messaging.errors import MessagingError
+    from cqrs_warehouse.runtime import build
 
     try:
-        settings = Settings.from_env()
-        if settings.broker_url is None:
-            raise ConfigurationError(
-                "BROKER_URL is not set. Only `cqrs-warehouse serve` can run on the in-process "
-                "broker; set BROKER_URL=amqp://USER:PASSWORD@HOST:5672/ to run the API."
-            )
-        load_routing(settings.listeners_config)
+        build().routing  # noqa: B018 (loads and checks it; nothing connects)
     except MessagingError as error:
         print(f"cqrs-warehouse api: {error}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -1,26 +1,21 @@
 """Logging for every process: JSON lines when stderr is not a terminal, text
 when it is (LOG_FORMAT=json|text overrides), each line carrying the context
-fields (correlation id, message id and type, listener), and any credentials in
-URLs masked. Called once by the CLI, the web app factory and the worker module.
+fields (correlation id, message id and type, listener), and any password in
+a URL masked. Called once by the CLI, the web app factory and the worker module.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
 from .messaging.context import ContextFilter
+from .settings import redact_url
 
 _FIELDS = "%(correlation_id)s %(message_id)s %(message_type)s %(listener)s"
-_URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
-
-
-def mask_credentials(text: str) -> str:
-    return _URL_CREDENTIALS.sub(r"\1***@", text)
 
 
 class RedactCredentials(logging.Filter):
@@ -29,16 +24,16 @@ class RedactCredentials(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         # Every URL the pattern masks has "://"; most lines have none.
-        masked = mask_credentials(message) if "://" in message else message
+        masked = redact_url(message) if "://" in message else message
         if masked != message:
             record.msg, record.args = masked, None
         if record.exc_info:
             # Format the traceback here, masked; formatters use exc_text when
             # exc_info is gone.
-            record.exc_text = mask_credentials(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = redact_url(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         elif record.exc_text:
-            record.exc_text = mask_credentials(record.exc_text)
+            record.exc_text = redact_url(record.exc_text)
         return True
 
 

@@ -1,89 +1,158 @@
-"""Settings read once from the environment into a frozen object. Used by bootstrap and the CLI."""
+"""Settings read once from the environment into frozen objects. Used by the runtime and the CLI.
+
+Each field names its environment variable (``variable``), so the core's
+``Settings`` and every slice's own settings class are read the same way
+(``read_settings``), and the list of variables the service reads is derived
+from them (``environment_variables``), for the operator and for the tests.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from .messaging.errors import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite:///cqrs-warehouse.db"
+#: The slices an installation runs when SLICES is not set.
+DEFAULT_SLICES = ("cqrs_warehouse.warehouse",)
+
 _QUEUE_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9._-]{0,63})?$")
+_MODULE_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_PASSWORD_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]*@", re.IGNORECASE)
+
+#: Variables read outside the settings objects: by gunicorn.conf.py, the log
+#: set-up and Dramatiq's and Prometheus's own code.
+PROCESS_VARIABLES = (
+    "BIND",
+    "WEB_CONCURRENCY",
+    "GUNICORN_THREADS",
+    "GUNICORN_ACCESS_LOG",
+    "LOG_FORMAT",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "prometheus_multiproc_dir",
+    "dramatiq_prom_host",
+    "dramatiq_prom_port",
+    "dramatiq_prom_db",
+)
+
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+def variable(name: str, default: Any, parse: Callable[[str, str], Any] = lambda _, raw: raw) -> Any:
+    """A settings field read from the environment variable ``name``; an unset
+    or empty variable means ``default``. ``parse(name, raw)`` converts the
+    text and raises ConfigurationError naming the variable."""
+    return dataclasses.field(default=default, metadata={"variable": name, "parse": parse})
+
+
+def number(kind: type, *, minimum: float) -> Callable[[str, str], Any]:
+    def parse(name: str, raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name}={raw!r} is not a {kind.__name__}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigurationError(f"{name}={raw!r} must be a finite number")
+        if value < minimum:
+            raise ConfigurationError(f"{name}={raw!r} must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def read_settings(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
+    """An instance of the settings dataclass ``cls`` from ``environ`` (default: the process's)."""
+    env = os.environ if environ is None else environ
+    values = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = field.metadata.get("variable")
+        raw = env.get(name) if name else None
+        if raw:
+            values[field.name] = field.metadata["parse"](name, raw)
+    return cls(**values)
+
+
+def variables_of(cls: type) -> tuple[str, ...]:
+    """The environment variables a settings dataclass reads."""
+    return tuple(
+        f.metadata["variable"] for f in dataclasses.fields(cls) if "variable" in f.metadata
+    )
+
+
+def environment_variables(slice_settings: Iterable[type] = ()) -> tuple[str, ...]:
+    """Every variable the service reads: the core's, the slices' and the processes'."""
+    names = [*variables_of(Settings)]
+    for cls in slice_settings:
+        names += variables_of(cls)
+    return (*names, *PROCESS_VARIABLES)
+
+
+def _queue_prefix(name: str, raw: str) -> str:
+    if not _QUEUE_PREFIX.fullmatch(raw):
+        raise ConfigurationError(
+            f"{name}={raw!r}: must start with a letter or '_' and hold only "
+            "letters, digits, '.', '_' and '-' (at most 64)"
+        )
+    return raw
+
+
+def _broker_url(name: str, raw: str) -> str:
+    if not raw.startswith(("amqp://", "amqps://")):
+        raise ConfigurationError(f"{name} must be an amqp:// or amqps:// URL")
+    return raw
+
+
+def _module_list(name: str, raw: str) -> tuple[str, ...]:
+    paths = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for path in paths:
+        if not _MODULE_PATH.fullmatch(path):
+            raise ConfigurationError(f"{name}: {path!r} is not a module path")
+    if len(set(paths)) != len(paths):
+        raise ConfigurationError(f"{name}={raw!r} names a slice twice")
+    return paths
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
-    broker_url: str | None = None
-    listeners_config: str = "config/listeners.yaml"
-    schemas_dir: str = "schemas"
-    queue_prefix: str = ""
-    low_quantity_threshold: int = 5
-    sweep_interval: float = 2.0
-    drain_batch_size: int = 500
-    listener_batch_size: int = 100
-    api_token: str | None = None
-    max_body_bytes: int = 16384
-    consistency_timeout: float = 5.0
+    """The core's settings. A slice's own (LOW_QUANTITY_THRESHOLD...) are its slice's."""
+
+    database_url: str = variable("DATABASE_URL", DEFAULT_DATABASE_URL)
+    broker_url: str | None = variable("BROKER_URL", None, _broker_url)
+    listeners_config: str = variable("LISTENERS_CONFIG", "config/listeners.yaml")
+    schemas_dir: str = variable("SCHEMAS_DIR", "schemas")
+    queue_prefix: str = variable("QUEUE_PREFIX", "", _queue_prefix)
+    slices: tuple[str, ...] = variable("SLICES", DEFAULT_SLICES, _module_list)
+    sweep_interval: float = variable("OUTBOX_SWEEP_INTERVAL", 2.0, number(float, minimum=0.05))
+    drain_batch_size: int = variable("OUTBOX_BATCH_SIZE", 500, number(int, minimum=1))
+    listener_batch_size: int = variable("LISTENER_BATCH_SIZE", 100, number(int, minimum=1))
+    api_token: str | None = variable("API_TOKEN", None)
+    max_body_bytes: int = variable("MAX_BODY_BYTES", 16384, number(int, minimum=64))
+    consistency_timeout: float = variable("CONSISTENCY_TIMEOUT", 5.0, number(float, minimum=0.0))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        prefix = env.get("QUEUE_PREFIX", "")
-        if not _QUEUE_PREFIX.fullmatch(prefix):
-            raise ConfigurationError(
-                f"QUEUE_PREFIX={prefix!r}: must start with a letter or '_' and hold only "
-                "letters, digits, '.', '_' and '-' (at most 64)"
-            )
-        broker_url = env.get("BROKER_URL") or None
-        if broker_url is not None and not broker_url.startswith(("amqp://", "amqps://")):
-            raise ConfigurationError("BROKER_URL must be an amqp:// or amqps:// URL")
-        return cls(
-            database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-            broker_url=broker_url,
-            listeners_config=env.get("LISTENERS_CONFIG") or "config/listeners.yaml",
-            schemas_dir=env.get("SCHEMAS_DIR") or "schemas",
-            queue_prefix=prefix,
-            low_quantity_threshold=_number(env, "LOW_QUANTITY_THRESHOLD", 5, int, minimum=0),
-            sweep_interval=_number(env, "OUTBOX_SWEEP_INTERVAL", 2.0, float, minimum=0.05),
-            drain_batch_size=_number(env, "OUTBOX_BATCH_SIZE", 500, int, minimum=1),
-            listener_batch_size=_number(env, "LISTENER_BATCH_SIZE", 100, int, minimum=1),
-            api_token=env.get("API_TOKEN") or None,
-            max_body_bytes=_number(env, "MAX_BODY_BYTES", 16384, int, minimum=64),
-            consistency_timeout=_number(env, "CONSISTENCY_TIMEOUT", 5.0, float, minimum=0.0),
-        )
+        return read_settings(cls, environ)
 
     @property
     def notify_channel(self) -> str:
+        """The PostgreSQL channel on which a commit wakes the drain."""
         return f"{self.queue_prefix}outbox"
 
     @property
     def applied_channel(self) -> str:
+        """The PostgreSQL channel on which listeners announce applied positions."""
         return f"{self.queue_prefix}applied"
 
-    def queue_name(self, name: str) -> str:
+    def prefixed(self, name: str) -> str:
+        """A broker name of this installation: a queue, the exchange."""
         return f"{self.queue_prefix}{name}"
 
 
-def _number(env: Mapping[str, str], key: str, default: Any, kind: type, *, minimum: Any) -> Any:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigurationError(f"{key}={raw!r} is not a {kind.__name__}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigurationError(f"{key}={raw!r} must be a finite number")
-    if value < minimum:
-        raise ConfigurationError(f"{key}={raw!r} must be at least {minimum}")
-    return value
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+def redact_url(text: str) -> str:
+    """``text`` with the password of any URL in it replaced, for logs and error messages."""
+    return _PASSWORD_IN_URL.sub(r"\1***@", text)

@@ -1,15 +1,19 @@
-"""The workers' Prometheus middleware. Imported by worker.py only.
+"""The workers' Prometheus middleware. Imported by ``worker_setup`` only.
 
 Importing Dramatiq's Prometheus middleware reads its metrics folder
-(``dramatiq_prom_db``) from the environment, so worker.py imports this module
-once it has set that folder; nothing else in the service imports it.
+(``dramatiq_prom_db``) from the environment, so the worker set-up imports this
+module once it has set that folder; nothing else in the service imports it.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from collections.abc import Iterable
 from typing import Any
 
+from dramatiq.middleware import Middleware
 from dramatiq.middleware.prometheus import Prometheus
 
 
@@ -59,3 +63,43 @@ class PrometheusPerDelivery(Prometheus):
         labels, extra = self._more(message)
         if extra and "retries" in message.options:
             self.total_retried_messages.labels(*labels).inc(extra)
+
+
+class RemoveMetricsWhenLast(Middleware):
+    """Removes the installation's metrics folder when its last worker process
+    stops, so that installations that come and go (tests, benchmarks) leave
+    nothing behind. A folder given in dramatiq_prom_db is the operator's and
+    stays.
+
+    A stopping process first removes its own files (its counters leave the
+    sums, which Prometheus reads as a counter reset), then the folder if no
+    file of a live process is left: of processes stopping together, the
+    last to remove its files sees none left.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def after_worker_shutdown(self, broker: object, worker: object) -> None:
+        own = f"_{os.getpid()}.db"
+        try:
+            for name in os.listdir(self.folder):
+                if name.endswith(own):
+                    os.remove(os.path.join(self.folder, name))
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        # prometheus_client names its files <kind>_<pid>.db.
+        pids = {int(m.group(1)) for n in names if (m := re.search(r"_(\d+)\.db$", n))}
+        if not any(_alive(pid) for pid in pids):
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,17 +1,35 @@
 """The messaging core: domain-free building blocks for CQRS with an outbox.
 
-It knows nothing about warehouses. A slice uses it through:
+It knows nothing about warehouses. A slice uses it through what is here:
 
 - ``Message``: what a command emits (type, schema version, Avro payload);
-- ``outbox.transaction()`` and ``outbox.append()``: commit state and messages together;
-- listeners.yaml (``routing``): which listener receives which routing keys;
-- ``testing``: outbox peeking, direct feeding, eventually-asserts, a watcher.
+- ``Outbox``: ``transaction()`` and ``append()`` commit state and messages together;
+- ``Handler`` (or a plain function with ``reads``): what a listener applies;
+- ``Model``, ``Statement`` and ``Bulk``: tables and queries that run on
+  every database the core supports;
+- ``context``: the logging context of a request or a message;
+- ``testing``: outbox peeking, direct feeding, eventually-asserts.
 
-``cqrs_warehouse.bootstrap`` wires the rest (schemas, broker, drain, actors).
+The runtime (``cqrs_warehouse.runtime``) wires the rest: storage, schemas,
+transports, the listener engine, the drain.
 """
 
-from . import outbox
+from . import context
 from .errors import MessagingError
-from .message import Message, routing_key_for
+from .handler import Handler
+from .message import Message, reads, routing_key_for
+from .outbox import Outbox
+from .storage import Bulk, Model, Statement
 
-__all__ = ["Message", "MessagingError", "outbox", "routing_key_for"]
+__all__ = [
+    "Bulk",
+    "Handler",
+    "Message",
+    "MessagingError",
+    "Model",
+    "Outbox",
+    "Statement",
+    "context",
+    "reads",
+    "routing_key_for",
+]

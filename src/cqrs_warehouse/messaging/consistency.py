@@ -6,11 +6,11 @@ listener it reads from has applied that position; listeners record their
 positions in the same transaction as their writes, so the check is exact
 across processes.
 
-Waiting does not poll in a loop: the listener runner signals every position
-it applies, within the process (``signal_applied``) and, on PostgreSQL,
-through NOTIFY on the ``applied`` channel, which one thread per process
-LISTENs to. A waiter re-checks the database only when woken, plus a slow
-safety re-check in case a notification was lost.
+Waiting does not poll in a loop: the listener engine announces each
+position it applies, to this process's waiters once committed and, where
+the database signals (PostgreSQL's NOTIFY, sent with the commit), to every
+process, where one thread LISTENs. A waiter re-checks the database only when
+woken, plus a slow safety re-check in case a notification was lost.
 """
 
 from __future__ import annotations
@@ -19,23 +19,19 @@ import base64
 import binascii
 import json
 import logging
-import select
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Collection, Mapping
+from typing import Any
 
-from .database import database, execute_prepared, is_postgres
-from .errors import MessagingError
+from .errors import InvalidConsistencyTokenError
+from .storage.positions import Positions
+from .storage.signals import Signals
 
 logger = logging.getLogger(__name__)
 
 _SEPARATOR = "\x1f"
-
-
-class InvalidConsistencyTokenError(MessagingError):
-    """A consistency token that this service did not issue."""
-
-
 # Built once: json.dumps with separators builds an encoder per call.
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
@@ -56,86 +52,57 @@ def decode_token(token: str) -> tuple[str, int]:
     return stream, position
 
 
-def applied_position(listener: str, stream: str) -> int:
-    from .listener_state import StreamPosition
+class Consistency:
+    """Announces applied positions, and lets readers wait for them.
 
-    row = StreamPosition.get_or_none(
-        (StreamPosition.listener == listener) & (StreamPosition.stream == stream)
-    )
-    return 0 if row is None else int(row.position)
-
-
-def notify_applied(channel: str, listener: str, stream: str, position: int) -> None:
-    """Inside the listener's transaction: PostgreSQL delivers it on commit."""
-    if is_postgres(database.obj):
-        payload = _SEPARATOR.join((listener, stream, str(position)))
-        # Sent with the COMMIT, like the notification itself.
-        execute_prepared("SELECT pg_notify(%s, %s)", (channel, payload), defer=True)
-
-
-class _Waiters:
-    """Threads waiting for (listener, stream) positions, woken by signals."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._waiting: dict[tuple[str, str], set[threading.Event]] = defaultdict(set)
-
-    def add(self, listener: str, stream: str) -> threading.Event:
-        event = threading.Event()
-        with self._lock:
-            self._waiting[(listener, stream)].add(event)
-        return event
-
-    def remove(self, listener: str, stream: str, event: threading.Event) -> None:
-        with self._lock:
-            waiting = self._waiting.get((listener, stream))
-            if waiting is not None:
-                waiting.discard(event)
-                if not waiting:
-                    del self._waiting[(listener, stream)]
-
-    def wake(self, listener: str, stream: str) -> None:
-        with self._lock:
-            for event in self._waiting.get((listener, stream), ()):
-                event.set()
-
-
-_local = _Waiters()
-
-
-def signal_applied(listener: str, stream: str, position: int) -> None:
-    """After the listener's commit: wake waiters in this process."""
-    _local.wake(listener, stream)
-
-
-class ConsistencyGate:
-    """Waits, at most ``timeout`` seconds, until ``listener`` applied a token."""
+    ``listeners``: those whose handlers readers wait on (``read_your_writes``);
+    only their positions are announced.
+    """
 
     def __init__(
         self,
+        database: Any,
+        positions: Positions,
+        signals: Signals,
         *,
-        listener: str,
-        timeout: float,
-        database_url: str | None = None,
-        channel: str = "applied",
+        channel: str,
+        listeners: Collection[str] = (),
         recheck: float = 0.5,
     ) -> None:
-        self.listener = listener
-        self.timeout = timeout
-        self.database_url = database_url
+        self.database = database
+        self.positions = positions
+        self.signals = signals
         self.channel = channel
+        self.listeners = frozenset(listeners)
         self.recheck = recheck
+        self._lock = threading.Lock()
+        self._waiting: dict[tuple[str, str], set[threading.Event]] = defaultdict(set)
         self._listening = False
-        self._start_lock = threading.Lock()
 
-    def wait_for(self, token: str) -> bool:
-        """True once the listener has applied the token's position; False on timeout."""
+    def announce(self, listener: str, applied: Mapping[str, int], after_commit: Any) -> None:
+        """Inside ``listener``'s transaction, which applied ``applied`` (stream ->
+        position): tell waiting readers once it commits. ``after_commit`` is the
+        transaction's (``Outbox.after_commit``)."""
+        if listener not in self.listeners or not applied:
+            return
+        for stream, position in applied.items():
+            self.signals.notify(
+                self.database, self.channel, _SEPARATOR.join((listener, stream, str(position)))
+            )
+        streams = list(applied)
+        after_commit(lambda: self._wake(listener, streams))
+
+    def wait_for(self, listener: str, token: str, timeout: float) -> bool:
+        """True once ``listener`` has applied the token's position; False after ``timeout`` s."""
         stream, position = decode_token(token)
         self._ensure_listening()
-        event = _local.add(self.listener, stream)
+        event = threading.Event()
+        key = (listener, stream)
+        with self._lock:
+            self._waiting[key].add(event)
         try:
-            deadline = time.monotonic() + self.timeout
-            while applied_position(self.listener, stream) < position:
+            deadline = time.monotonic() + timeout
+            while self.positions.applied(listener, stream) < position:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -143,40 +110,45 @@ class ConsistencyGate:
                 event.clear()
             return True
         finally:
-            _local.remove(self.listener, stream, event)
+            with self._lock:
+                waiting = self._waiting.get(key)
+                if waiting is not None:
+                    waiting.discard(event)
+                    if not waiting:
+                        del self._waiting[key]
+
+    def waiting(self) -> int:
+        """How many readers wait now."""
+        with self._lock:
+            return sum(len(events) for events in self._waiting.values())
+
+    def _wake(self, listener: str, streams: Collection[str]) -> None:
+        with self._lock:
+            for stream in streams:
+                for event in self._waiting.get((listener, stream), ()):
+                    event.set()
 
     def _ensure_listening(self) -> None:
-        if self._listening or self.database_url is None or not is_postgres(database.obj):
+        if self._listening:
             return
-        with self._start_lock:
+        with self._lock:
             if not self._listening:
                 threading.Thread(target=self._listen, name="applied-listener", daemon=True).start()
                 self._listening = True
 
     def _listen(self) -> None:
-        from playhouse.db_url import connect as connect_url
-
         while True:
-            listener_db = connect_url(self.database_url)
             try:
-                connection = listener_db.connection()
-                connection.autocommit = True
-                with connection.cursor() as cursor:
-                    cursor.execute(f'LISTEN "{self.channel}"')
-                while True:
-                    ready, _, _ = select.select([connection], [], [], 30)
-                    if not ready:
-                        continue
-                    connection.poll()
-                    while connection.notifies:
-                        notice = connection.notifies.pop(0)
-                        listener, stream, _ = notice.payload.split(_SEPARATOR, 2)
-                        _local.wake(listener, stream)
+                listening = self.signals.listen(self.channel)
+                if listening is None:
+                    return  # nothing crosses processes: the safety re-checks do
+                try:
+                    while True:
+                        for payload in listening.wait(30):
+                            listener, stream, _ = payload.split(_SEPARATOR, 2)
+                            self._wake(listener, [stream])
+                finally:
+                    listening.close()
             except Exception:
                 logger.warning("lost the LISTEN connection for applied positions", exc_info=True)
-                time.sleep(1)  # back off before reconnecting; waiters re-check meanwhile
-            finally:
-                try:
-                    listener_db.close()
-                except Exception:
-                    logger.debug("closing the LISTEN connection failed", exc_info=True)
+                time.sleep(1)  # before reconnecting; waiters re-check meanwhile

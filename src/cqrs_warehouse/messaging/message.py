@@ -1,4 +1,4 @@
-"""The message model shared by commands, the outbox, the drain and listeners."""
+"""The message: what commands emit, the outbox stores and listeners apply. Anyone may use it."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class Message:
     #: a listener received it (spares re-encoding it, e.g. to archive it).
     encoded: bytes | None = field(default=None, compare=False, repr=False)
     #: The correlation id of the request that wrote it, when a listener
-    #: received it (a batch handler runs commands and logs under it).
+    #: received it (a handler's batch form runs commands and logs under it).
     correlation_id: str | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -56,9 +56,13 @@ def routing_key_for(message_type: str, schema_version: int) -> str:
 
 H = TypeVar("H", bound=Callable[..., Any])
 
+#: Where ``reads`` keeps what a function handler reads.
+READS_ATTRIBUTE = "__cqrs_reads__"
+
 
 def reads(message_type: str, schema_version: int) -> Callable[[H], H]:
-    """Declare that a handler reads ``message_type`` at ``schema_version``.
+    """Declare that a function handler reads ``message_type`` at ``schema_version``
+    (a ``Handler`` class says so in its ``reads``).
 
     Messages of that type written with another version are resolved into it
     (Avro's reader/writer rules) before the handler sees them. Stack one
@@ -72,66 +76,3 @@ def reads(message_type: str, schema_version: int) -> Callable[[H], H]:
         return handler
 
     return declare
-
-
-READS_ATTRIBUTE = "__cqrs_reads__"
-BATCH_ATTRIBUTE = "__cqrs_batch__"
-ROLLBACK_SAFE_ATTRIBUTE = "__cqrs_rollback_safe__"
-
-
-def rollback_safe(handler: H) -> H:
-    """Declare that all ``handler`` does is undone with its transaction.
-
-    It writes only in the listener's database transaction, and leaves
-    anything else (a log line, a call out) to ``outbox.after_commit``. The
-    messaging core may then run it before it knows that the message is next
-    in its stream: on PostgreSQL the listener's claim goes along with the
-    handler's first statement (or the COMMIT) instead of in a round trip of
-    its own. A message that turns out not to be next (held, a duplicate, or
-    one that held messages wait for) has that transaction undone and is
-    applied the usual way, so the handler is called for it again (as after
-    any other database error in that transaction). Each message's effect
-    stays exactly once; calls to the handler do not.
-    Without this declaration a handler is only called once the message is
-    known to be next.
-    """
-    setattr(handler, ROLLBACK_SAFE_ATTRIBUTE, True)
-    return handler
-
-
-def is_rollback_safe(handler: Any) -> bool:
-    return bool(getattr(handler, ROLLBACK_SAFE_ATTRIBUTE, False))
-
-
-B = TypeVar("B", bound=Callable[[list[Message]], Any])
-
-
-def batch_handler_for(handler: Callable[[Message], Any]) -> Callable[[B], B]:
-    """Declare the decorated function the set-based form of ``handler``.
-
-    A listener applies the deliveries it has at hand in one transaction;
-    with a batch handler it hands them over in one call, so that the
-    handler can write them with one statement per table instead of one per
-    message. It receives the messages that are due, in the order ``handler``
-    would have been called (each stream's in position order), and must have
-    exactly the effect of ``handler`` called on each in turn. Each carries
-    its ``correlation_id``; wrap what is done for one message (a command it
-    runs, a log line) in ``context.of_message(message)`` to keep the
-    message's context. Messages come in the versions ``handler`` declares
-    it ``reads``. ``handler`` itself still applies single deliveries,
-    retries and held messages.
-    """
-
-    def declare(batch: B) -> B:
-        setattr(handler, BATCH_ATTRIBUTE, batch)
-        return batch
-
-    return declare
-
-
-def declared_batch_handler(handler: Any) -> Callable[[list[Message]], Any] | None:
-    return getattr(handler, BATCH_ATTRIBUTE, None)
-
-
-def declared_reads(handler: Any) -> dict[str, int]:
-    return dict(getattr(handler, READS_ATTRIBUTE, {}))

@@ -1,53 +1,53 @@
 """Prometheus metrics of the messaging core.
 
-Counters are created on first use, so that a process sets up Prometheus's
-multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``) before any exists: gunicorn
-workers and dramatiq worker processes then add up in one exposition.
-``StateCollector`` reads, at scrape time, what no single process counts: the
-outbox's depth and the age of its oldest row, dead letters per listener, and
-how many messages wait in each listener's queue (its lag behind the newest
-event).
+``Metrics`` counts what the listeners and the drain did, in a registry of
+its own (the runtime's); in Prometheus's multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``) the counts of every process add up in one
+exposition whatever the registry. ``StateCollector`` reads, at scrape time,
+what no single process counts: the outbox's depth and the age of its oldest
+row, dead letters per listener, and how many messages wait in each
+listener's queue (its lag behind the newest event).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
-_lock = threading.Lock()
-_counters: dict[str, Any] = {}
 
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.listener_messages = Counter(
+            "cqrs_listener_messages_total",
+            "Messages a listener handled, by outcome.",
+            ["listener", "outcome"],
+            registry=self.registry,
+        )
+        self.published = Counter(
+            "cqrs_outbox_published_total", "Messages the drain published.", registry=self.registry
+        )
+        # prometheus_client converts label values and takes a lock on every
+        # .labels() call; the set of (listener, outcome) pairs stays small.
+        self._children: dict[tuple[str, str], Any] = {}
 
-def _counter(name: str, documentation: str, labels: list[str]) -> Any:
-    counter = _counters.get(name)
-    if counter is None:
-        from prometheus_client import Counter
+    def count_outcome(self, listener: str, outcome: str, count: int = 1) -> None:
+        """outcome: applied, duplicate, held, unbound, retried or dead_lettered."""
+        key = (listener, outcome)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.listener_messages.labels(listener, outcome)
+        child.inc(count)
 
-        with _lock:
-            counter = _counters.get(name)
-            if counter is None:
-                counter = _counters[name] = Counter(name, documentation, labels)
-    return counter
-
-
-def count_listener_outcome(listener: str, outcome: str, count: int = 1) -> None:
-    """outcome: applied, duplicate, held, unbound, retried or dead_lettered."""
-    _counter(
-        "cqrs_listener_messages_total",
-        "Messages a listener handled, by outcome.",
-        ["listener", "outcome"],
-    ).labels(listener, outcome).inc(count)
-
-
-def count_published(count: int) -> None:
-    _counter("cqrs_outbox_published_total", "Messages the drain published.", []).inc(count)
+    def count_published(self, count: int) -> None:
+        self.published.inc(count)
 
 
 class StateCollector(Collector):

@@ -1,9 +1,9 @@
 """listeners.yaml: load it, validate it, and match AMQP topic patterns.
 
-Used by bootstrap (to build listener actors and declare bindings), by the
-in-process transport (to route without RabbitMQ) and by each listener (to
-refuse a message its bindings no longer match). The file is the only place
-where routing is configured.
+Used by the runtime (listener actors, bindings), by the in-process transport
+(to route without RabbitMQ) and by the listener engine (to skip a message
+its bindings no longer match). The file is the only place where routing is
+configured.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import RoutingConfigError
-from .message import declared_reads
+from .handler import FunctionHandler, Handler
 
 _LISTENER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 _EXCHANGE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
@@ -95,22 +95,32 @@ class RetryPolicy:
 class ListenerSpec:
     name: str
     handler_path: str
-    handler: Callable[[Any], Any] = field(compare=False, repr=False)
+    handler: Handler = field(compare=False, repr=False)
     bindings: tuple[str, ...]
     retry: RetryPolicy = RetryPolicy()
-    #: Empties the listener's own tables, for ``cqrs-warehouse rebuild``.
+    #: Empties the listener's own tables, for ``cqrs-warehouse rebuild``: the
+    #: entry's ``reset``, else the handler's own.
     reset: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     @property
-    def reads(self) -> dict[str, int]:
+    def reads(self) -> Mapping[str, int]:
         """The version the handler reads, per message type it declared."""
-        return declared_reads(self.handler)
+        return self.handler.reads
+
+    @property
+    def actor_name(self) -> str:
+        return actor_name(self.name)
 
     def accepts(self, routing_key: str) -> bool:
         return _accepts(self.bindings, routing_key)
 
     def matching_binding(self, routing_key: str) -> str | None:
         return next((b for b in self.bindings if topic_matches(b, routing_key)), None)
+
+
+def actor_name(listener: str) -> str:
+    """The Dramatiq actor of a listener."""
+    return f"listener.{listener}"
 
 
 @lru_cache(maxsize=4096)
@@ -141,6 +151,10 @@ class RoutingConfig:
                 return spec
         raise KeyError(name)
 
+    def listeners_of(self, handler_class: type) -> list[ListenerSpec]:
+        """The listeners whose handler is a ``handler_class``."""
+        return [spec for spec in self.listeners if isinstance(spec.handler, handler_class)]
+
 
 def explain(routing: RoutingConfig, routing_key: str) -> list[tuple[str, str | None]]:
     """(listener, the first binding that matches ``routing_key`` or None) for every listener."""
@@ -161,8 +175,20 @@ def lint(
     return unreceived, unused
 
 
-def load_routing(path: Path | str) -> RoutingConfig:
-    """Read and validate listeners.yaml; import every handler it names."""
+#: Builds a listener's Handler from what its entry's ``handler`` path names.
+HandlerFactory = Callable[[Any], Handler]
+
+
+def default_handler(named: Any) -> Handler:
+    """A Handler class built with no argument; a function wrapped."""
+    if isinstance(named, type) and issubclass(named, Handler):
+        return named()
+    return FunctionHandler(named)
+
+
+def load_routing(path: Path | str, build: HandlerFactory = default_handler) -> RoutingConfig:
+    """Read and validate listeners.yaml; import every handler it names and
+    ``build`` it (the runtime gives handlers their slice's services)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -172,10 +198,12 @@ def load_routing(path: Path | str) -> RoutingConfig:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise RoutingConfigError(f"{path}: not valid YAML: {error}") from error
-    return parse_routing(document, source=str(path))
+    return parse_routing(document, source=str(path), build=build)
 
 
-def parse_routing(document: Any, *, source: str) -> RoutingConfig:
+def parse_routing(
+    document: Any, *, source: str, build: HandlerFactory = default_handler
+) -> RoutingConfig:
     def fail(where: str, problem: str) -> RoutingConfigError:
         return RoutingConfigError(f"{source}: {where}: {problem}")
 
@@ -202,7 +230,7 @@ def parse_routing(document: Any, *, source: str) -> RoutingConfig:
     listeners: list[ListenerSpec] = []
     seen: set[str] = set()
     for index, entry in enumerate(listeners_doc):
-        spec = _parse_listener(entry, index, fail)
+        spec = _parse_listener(entry, index, fail, build)
         if spec.name in seen:
             raise fail(f"listeners[{index}] ({spec.name})", "duplicate listener name")
         seen.add(spec.name)
@@ -210,7 +238,9 @@ def parse_routing(document: Any, *, source: str) -> RoutingConfig:
     return RoutingConfig(source=source, exchange=Exchange(name=name), listeners=tuple(listeners))
 
 
-def _parse_listener(entry: Any, index: int, fail: Callable[[str, str], Exception]) -> ListenerSpec:
+def _parse_listener(
+    entry: Any, index: int, fail: Callable[[str, str], Exception], build: HandlerFactory
+) -> ListenerSpec:
     where = f"listeners[{index}]"
     if not isinstance(entry, Mapping):
         raise fail(where, "must be a mapping with 'name', 'handler' and 'bindings'")
@@ -240,9 +270,14 @@ def _parse_listener(entry: Any, index: int, fail: Callable[[str, str], Exception
             raise fail(where, f"invalid binding: {error}") from None
 
     handler_path = entry["handler"]
-    handler = _import_handler(handler_path, where, fail)
+    try:
+        handler = build(_import_handler(handler_path, where, fail))
+    except RoutingConfigError:
+        raise
+    except Exception as error:
+        raise fail(where, f"handler {handler_path!r} cannot be built: {error!r}") from error
     retry = _parse_retry(entry.get("retry"), where, fail)
-    reset = None
+    reset = handler.reset if handler.resettable else None
     if "reset" in entry:
         reset = _import_handler(entry["reset"], f"{where} reset", fail)
     return ListenerSpec(

@@ -1,10 +1,11 @@
 """The Avro schema registry over ``schemas/``: validate and encode on write,
 decode and validate on read. Used by the outbox (write) and the listener
-runner (read); tests use it through ``messaging.testing``.
+engine (read); tests use it through ``messaging.testing``.
 
 A message of type ``A.B.C`` at version ``N`` is described by
-``schemas/A/B/C_vN.avsc``. Payloads are plain Avro binary: no container
-header, no registry framing.
+``A/B/C_vN.avsc`` in one of the registry's folders: the application's
+``schemas/`` (SCHEMAS_DIR) and those slices bring. Payloads are plain Avro
+binary: no container header, no registry framing.
 """
 
 from __future__ import annotations
@@ -29,18 +30,21 @@ _SCHEMA_FILE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_]*)_v(?P<version>[1-9][
 class SchemaRegistry:
     """Parsed schemas, loaded on first use and kept for the process's life."""
 
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+    def __init__(self, *roots: Path | str) -> None:
+        self.roots = tuple(Path(root) for root in roots)
         self._parsed: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()
 
     def schema_path(self, message_type: str, schema_version: int) -> Path:
+        """The file of that type and version: in the first folder that has it
+        (in the first folder if none has)."""
         if not _TYPE_NAME.fullmatch(message_type) or schema_version < 1:
             raise UnknownSchemaError(
                 f"not a message type and version: {message_type!r} v{schema_version!r}"
             )
         *folders, name = message_type.split(".")
-        return self.root.joinpath(*folders, f"{name}_v{schema_version}.avsc")
+        paths = [root.joinpath(*folders, f"{name}_v{schema_version}.avsc") for root in self.roots]
+        return next((path for path in paths if path.exists()), paths[0])
 
     def schema(self, message_type: str, schema_version: int) -> Any:
         key = (message_type, schema_version)
@@ -144,14 +148,14 @@ class SchemaRegistry:
 
     def available(self) -> list[tuple[str, int]]:
         """Every (type, version) that has a schema file, sorted."""
-        found = []
-        for path in self.root.rglob("*.avsc"):
-            match = _SCHEMA_FILE.fullmatch(path.name)
-            if match is None:
-                continue
-            folders = path.parent.relative_to(self.root).parts
-            message_type = ".".join((*folders, match["name"]))
-            found.append((message_type, int(match["version"])))
+        found = set()
+        for root in self.roots:
+            for path in root.rglob("*.avsc"):
+                match = _SCHEMA_FILE.fullmatch(path.name)
+                if match is None:
+                    continue
+                folders = path.parent.relative_to(root).parts
+                found.add((".".join((*folders, match["name"])), int(match["version"])))
         return sorted(found)
 
     @staticmethod

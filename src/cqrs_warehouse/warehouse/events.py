@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from cqrs_warehouse.messaging.message import Message
 
 PRODUCT_QUANTITY_INCREASED = "Warehouse.Events.ProductQuantityIncreased"
@@ -19,7 +21,7 @@ def quantity_change(message: Message) -> tuple[str, int] | None:
     return None
 
 
-def total_changes(messages: list[Message]) -> dict[str, int]:
+def total_changes(messages: Sequence[Message]) -> dict[str, int]:
     """The quantity changes of ``messages`` added up per SKU, in SKU order
     (code points, the order in which a listener's transaction locks rows)."""
     totals: dict[str, int] = {}

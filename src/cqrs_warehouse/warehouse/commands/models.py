@@ -2,10 +2,10 @@
 
 import peewee
 
-from cqrs_warehouse.messaging.database import BaseModel
+from cqrs_warehouse.messaging import Model
 
 
-class ProductStock(BaseModel):
+class ProductStock(Model):
     """Quantity on hand per SKU; ``version`` counts the SKU's events, in commit order."""
 
     sku = peewee.CharField(max_length=64, primary_key=True)
@@ -14,4 +14,3 @@ class ProductStock(BaseModel):
 
     class Meta:
         table_name = "warehouse_product_stock"
-        slice_schema = "warehouse"

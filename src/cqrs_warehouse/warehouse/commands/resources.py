@@ -1,31 +1,34 @@
-"""REST resources for the warehouse commands. Routed by web.create_app.
+"""REST resources of the warehouse commands. Routed by the slice's ``routes``.
 
-Bodies are validated against the OpenAPI document's QuantityCommand schema;
+Bodies are validated against the slice's OpenAPI schema (QuantityCommand);
 the commands then apply the domain rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import falcon
 
-from ...messaging.consistency import encode_token
-from ...openapi import request_body_errors
+from cqrs_warehouse.messaging import Message
+from cqrs_warehouse.messaging.consistency import encode_token
+from cqrs_warehouse.web.validation import BodyValidator
+
 from ..errors import InvalidQuantityError
-from .commands import increase_product_quantity, ship_product_quantity
 
 
-class _QuantityCommandResource:
-    def __init__(self, name: str, command: Callable[[str, int], Any]) -> None:
+class QuantityCommandResource:
+    def __init__(
+        self, name: str, command: Callable[[str, int], Message], body: BodyValidator
+    ) -> None:
         self.name = name
         self.command = command
+        self.body = body
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, sku: str) -> None:
-        req.context.command = self.name
+        req.context.command = self.name  # counted by outcome in cqrs_commands_total
         body = req.get_media()
-        problems = request_body_errors("QuantityCommand", body)
+        problems = self.body.errors(body)
         if problems:
             raise InvalidQuantityError(
                 'the body must be {"quantity": N} with N an integer from 1 to 2147483647: '
@@ -42,13 +45,3 @@ class _QuantityCommandResource:
             "message_id": message.id,
             "consistency_token": token,
         }
-
-
-class IncreaseQuantityResource(_QuantityCommandResource):
-    def __init__(self) -> None:
-        super().__init__("increase_product_quantity", increase_product_quantity)
-
-
-class ShipQuantityResource(_QuantityCommandResource):
-    def __init__(self) -> None:
-        super().__init__("ship_product_quantity", ship_product_quantity)

@@ -1,27 +1,20 @@
 """The low product quantity notifier: keeps its own quantity per SKU and runs
 "notify low product quantity" when a shipment leaves a SKU at or below the
-threshold. Increases never notify. Run by its listener actor.
+threshold. Increases never notify. Applied by the listener engine.
 
-Its handler is ``rollback_safe``: it only writes in the listener's
-transaction, and the command logs its warning after the commit.
+It is rollback-safe: it only writes in the listener's transaction, and the
+command logs its warning after the commit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
 import peewee
 
-from cqrs_warehouse.messaging import context
-from cqrs_warehouse.messaging.compiled import CompiledQuery
-from cqrs_warehouse.messaging.database import (
-    database,
-    execute_prepared,
-    is_postgres,
-    qualified_name,
-)
-from cqrs_warehouse.messaging.listeners import claiming_ahead
-from cqrs_warehouse.messaging.message import Message, batch_handler_for, reads, rollback_safe
+from cqrs_warehouse.messaging import Bulk, Handler, Message, Statement, context
 
-from ...commands import notify_low_product_quantity
 from ...events import (
     PRODUCT_QUANTITY_INCREASED,
     PRODUCT_QUANTITY_SHIPPED,
@@ -30,72 +23,11 @@ from ...events import (
 )
 from .models import NotifierProduct
 
-DEFAULT_THRESHOLD = 5
-_threshold = DEFAULT_THRESHOLD
+if TYPE_CHECKING:
+    from ...services import Warehouse
 
-
-def configure(*, threshold: int) -> None:
-    """Set the threshold (bootstrap does, from LOW_QUANTITY_THRESHOLD)."""
-    global _threshold
-    _threshold = threshold
-
-
-@rollback_safe
-@reads(PRODUCT_QUANTITY_INCREASED, 1)
-@reads(PRODUCT_QUANTITY_SHIPPED, 1)
-def handle_message(message: Message) -> None:
-    change = quantity_change(message)
-    if change is None:
-        return
-    sku, delta = change
-    if message.type != PRODUCT_QUANTITY_SHIPPED:
-        # An increase never notifies: nothing reads the new quantity, so the
-        # write goes with the COMMIT (PostgreSQL), a round trip fewer.
-        _ADD.run_deferred(sku, delta)
-        return
-    if claiming_ahead():
-        # A bet that the shipment leaves more than the threshold, as nearly
-        # all do: the write goes with the COMMIT, and PostgreSQL refuses the
-        # transaction if the bet is lost. The message is then applied again
-        # the usual way, which reads the quantity left and notifies.
-        execute_prepared(
-            _ADD_ABOVE_THRESHOLD_SQL.format(table=qualified_name(NotifierProduct)),
-            [sku, delta, _threshold],
-            defer=True,
-        )
-        return
-    remaining = _add(sku, delta)
-    if remaining <= _threshold:
-        notify_low_product_quantity(sku, remaining)
-
-
-@batch_handler_for(handle_message)
-def handle_messages(messages: list[Message]) -> None:
-    """The same for several messages: one statement for all their SKUs, then
-    the notifications ``handle_message`` would have sent, in the same order."""
-    totals = total_changes(messages)
-    if not totals:
-        return
-    if all(message.type != PRODUCT_QUANTITY_SHIPPED for message in messages):
-        _add_many(totals, read=False)  # only increases: nothing to notify
-        return
-    # Each SKU's quantity after each message: from the last, take the changes back.
-    remaining = _add_many(totals)
-    low: list[tuple[Message, str, int]] = []
-    for message in reversed(messages):
-        change = quantity_change(message)
-        if change is None:
-            continue
-        sku, delta = change
-        if message.type == PRODUCT_QUANTITY_SHIPPED and remaining[sku] <= _threshold:
-            low.append((message, sku, remaining[sku]))
-        remaining[sku] -= delta
-    for message, sku, quantity in reversed(low):
-        with context.of_message(message):
-            notify_low_product_quantity(sku, quantity)
-
-
-_ADD = CompiledQuery(
+# Add to a SKU's quantity; returns the new quantity.
+_ADD = Statement(
     lambda sku, delta: (
         NotifierProduct.insert(sku=sku, quantity=delta)
         .on_conflict(
@@ -107,59 +39,72 @@ _ADD = CompiledQuery(
     "\x01sku",
     10**15 + 7,
 )
-
-
-def _add(sku: str, delta: int) -> int:
-    """Add ``delta`` to the notifier's quantity of ``sku``; returns the new quantity."""
-    [(quantity,)] = _ADD.rows(sku, delta)
-    return int(quantity)
-
-
-def _add_many(totals: dict[str, int], *, read: bool = True) -> dict[str, int]:
-    """``_add`` for several SKUs in one statement; returns their new quantities
-    (none if not ``read``: then, on PostgreSQL, it goes with the COMMIT)."""
-    if is_postgres(database.obj):
-        # One array per column: one statement prepared once, whatever the
-        # number of SKUs (peewee would build and PostgreSQL parse each one).
-        cursor = execute_prepared(
-            _ADD_MANY_SQL.format(table=qualified_name(NotifierProduct)),
-            {"skus": list(totals), "deltas": list(totals.values())},
-            defer=not read,
-        )
-        if not read:
-            return {}
-        rows = cursor.fetchall()
-    else:
-        rows = (
-            NotifierProduct.insert_many(
-                list(totals.items()), fields=[NotifierProduct.sku, NotifierProduct.quantity]
-            )
-            .on_conflict(
-                conflict_target=[NotifierProduct.sku],
-                update={
-                    NotifierProduct.quantity: NotifierProduct.quantity + peewee.EXCLUDED.quantity
-                },
-            )
-            .returning(NotifierProduct.sku, NotifierProduct.quantity)
-            .tuples()
-            .execute()
-        )
-    return {sku: int(quantity) for sku, quantity in rows}
-
-
-_ADD_ABOVE_THRESHOLD_SQL = (
-    "WITH added AS (INSERT INTO {table} AS p (sku, quantity) VALUES (%s::varchar, %s::bigint) "
-    "ON CONFLICT (sku) DO UPDATE SET quantity = p.quantity + EXCLUDED.quantity "
-    "RETURNING quantity) "
-    "SELECT \"messaging\".expect(quantity > %s, 'the quantity left is above the threshold') "
-    "FROM added"
+_ADD_MANY = Bulk(
+    [NotifierProduct.sku, NotifierProduct.quantity],
+    lambda insert: insert.on_conflict(
+        conflict_target=[NotifierProduct.sku],
+        update={NotifierProduct.quantity: NotifierProduct.quantity + peewee.EXCLUDED.quantity},
+    ).returning(NotifierProduct.sku, NotifierProduct.quantity),
 )
-_ADD_MANY_SQL = (
-    "INSERT INTO {table} AS p (sku, quantity) "
-    "SELECT * FROM unnest(%(skus)s::varchar[], %(deltas)s::bigint[]) "
-    "ON CONFLICT (sku) DO UPDATE SET quantity = p.quantity + EXCLUDED.quantity "
-    "RETURNING sku, quantity"
-)
+
+
+class LowQuantityNotifier(Handler):
+    reads: ClassVar[Mapping[str, int]] = {
+        PRODUCT_QUANTITY_INCREASED: 1,
+        PRODUCT_QUANTITY_SHIPPED: 1,
+    }
+    rollback_safe = True
+
+    def __init__(self, warehouse: Warehouse) -> None:
+        self.commands = warehouse.commands
+        self.threshold = warehouse.settings.low_quantity_threshold
+
+    def apply(self, message: Message) -> None:
+        change = quantity_change(message)
+        if change is None:
+            return
+        sku, delta = change
+        if message.type != PRODUCT_QUANTITY_SHIPPED:
+            # An increase never notifies: nothing reads the new quantity.
+            _ADD.run(sku, delta, defer=True)
+            return
+        [(remaining,)] = _ADD.rows(sku, delta)
+        if remaining <= self.threshold:
+            self.commands.notify_low_product_quantity(sku, remaining)
+
+    def apply_ahead(self, message: Message) -> None:
+        """A bet that a shipment leaves more than the threshold, as nearly all
+        do: its write goes with the COMMIT, and the transaction is refused if
+        the bet is lost; ``apply`` then reads the quantity left and notifies."""
+        change = quantity_change(message)
+        if change is not None:
+            must_exceed = self.threshold if message.type == PRODUCT_QUANTITY_SHIPPED else None
+            _ADD.run(*change, defer=True, must_exceed=must_exceed)
+
+    def apply_batch(self, messages: Sequence[Message]) -> None:
+        """One statement for all their SKUs, then the notifications ``apply``
+        would have sent, in the same order."""
+        totals = total_changes(messages)
+        if not totals:
+            return
+        columns: list[list[Any]] = [list(totals), list(totals.values())]
+        if all(message.type != PRODUCT_QUANTITY_SHIPPED for message in messages):
+            _ADD_MANY.run(columns, defer=True)  # only increases: nothing to notify
+            return
+        # Each SKU's quantity after each message: from the last, take the changes back.
+        remaining = {sku: int(quantity) for sku, quantity in _ADD_MANY.rows(columns)}
+        low: list[tuple[Message, str, int]] = []
+        for message in reversed(messages):
+            change = quantity_change(message)
+            if change is None:
+                continue
+            sku, delta = change
+            if message.type == PRODUCT_QUANTITY_SHIPPED and remaining[sku] <= self.threshold:
+                low.append((message, sku, remaining[sku]))
+            remaining[sku] -= delta
+        for message, sku, quantity in reversed(low):
+            with context.of_message(message):
+                self.commands.notify_low_product_quantity(sku, quantity)
 
 
 def quantity_of(sku: str) -> int:

@@ -2,13 +2,12 @@
 
 import peewee
 
-from cqrs_warehouse.messaging.database import BaseModel
+from cqrs_warehouse.messaging import Model
 
 
-class NotifierProduct(BaseModel):
+class NotifierProduct(Model):
     sku = peewee.CharField(max_length=64, primary_key=True)
     quantity = peewee.BigIntegerField()
 
     class Meta:
         table_name = "low_quantity_notifier_products"
-        slice_schema = "low_quantity_notifier"

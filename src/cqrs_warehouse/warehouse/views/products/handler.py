@@ -1,17 +1,13 @@
-"""The products view's listener: Increased adds, Shipped subtracts. Run by its listener actor."""
+"""The products view's handler: Increased adds, Shipped subtracts. Run by the listener engine."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
 import peewee
 
-from cqrs_warehouse.messaging.compiled import CompiledQuery
-from cqrs_warehouse.messaging.database import (
-    database,
-    execute_prepared,
-    is_postgres,
-    qualified_name,
-)
-from cqrs_warehouse.messaging.message import Message, batch_handler_for, reads, rollback_safe
+from cqrs_warehouse.messaging import Bulk, Handler, Message, Statement
 
 from ...events import (
     PRODUCT_QUANTITY_INCREASED,
@@ -21,47 +17,7 @@ from ...events import (
 )
 from .models import ProductView
 
-
-@rollback_safe
-@reads(PRODUCT_QUANTITY_INCREASED, 1)
-@reads(PRODUCT_QUANTITY_SHIPPED, 1)
-def handle_message(message: Message) -> None:
-    change = quantity_change(message)
-    if change is not None:
-        _add(*change)
-
-
-@batch_handler_for(handle_message)
-def handle_messages(messages: list[Message]) -> None:
-    """The same for several messages: one statement for all their SKUs."""
-    totals = total_changes(messages)
-    if not totals:
-        return
-    if is_postgres(database.obj):
-        # One array per column: one statement prepared once, whatever the
-        # number of SKUs (peewee would build and PostgreSQL parse each one).
-        execute_prepared(
-            _ADD_MANY_SQL.format(table=qualified_name(ProductView)),
-            {"skus": list(totals), "deltas": list(totals.values())},
-            defer=True,  # sent with the COMMIT: nothing here reads its result
-        )
-    else:
-        ProductView.insert_many(
-            list(totals.items()), fields=[ProductView.sku, ProductView.quantity]
-        ).on_conflict(
-            conflict_target=[ProductView.sku],
-            update={ProductView.quantity: ProductView.quantity + peewee.EXCLUDED.quantity},
-        ).execute()
-
-
-_ADD_MANY_SQL = (
-    "INSERT INTO {table} AS p (sku, quantity) "
-    "SELECT * FROM unnest(%(skus)s::varchar[], %(deltas)s::bigint[]) "
-    "ON CONFLICT (sku) DO UPDATE SET quantity = p.quantity + EXCLUDED.quantity"
-)
-
-
-_ADD = CompiledQuery(
+_ADD = Statement(
     lambda sku, delta: ProductView.insert(sku=sku, quantity=delta).on_conflict(
         conflict_target=[ProductView.sku],
         update={ProductView.quantity: ProductView.quantity + peewee.EXCLUDED.quantity},
@@ -69,15 +25,40 @@ _ADD = CompiledQuery(
     "\x01sku",
     10**15 + 7,
 )
+_ADD_MANY = Bulk(
+    [ProductView.sku, ProductView.quantity],
+    lambda insert: insert.on_conflict(
+        conflict_target=[ProductView.sku],
+        update={ProductView.quantity: ProductView.quantity + peewee.EXCLUDED.quantity},
+    ),
+)
 
 
-def _add(sku: str, delta: int) -> None:
-    _ADD.run_deferred(sku, delta)  # sent with the COMMIT (PostgreSQL)
+class ProductsView(Handler):
+    reads: ClassVar[Mapping[str, int]] = {
+        PRODUCT_QUANTITY_INCREASED: 1,
+        PRODUCT_QUANTITY_SHIPPED: 1,
+    }
+    rollback_safe = True
+    read_your_writes = True  # GET /warehouse/products?after=TOKEN
 
+    def __init__(self, warehouse: Any = None) -> None:
+        pass  # it needs nothing of the slice's services
 
-def reset() -> None:
-    """Empty the view (``cqrs-warehouse rebuild`` then replays the archive)."""
-    ProductView.delete().execute()
+    def apply(self, message: Message) -> None:
+        change = quantity_change(message)
+        if change is not None:
+            _ADD.run(*change, defer=True)  # nothing reads its result
+
+    def apply_batch(self, messages: Sequence[Message]) -> None:
+        """One statement for all their SKUs."""
+        totals = total_changes(messages)
+        if totals:
+            _ADD_MANY.run([list(totals), list(totals.values())], defer=True)
+
+    def reset(self) -> None:
+        """Empty the view (``cqrs-warehouse rebuild`` then replays the archive)."""
+        ProductView.delete().execute()
 
 
 def quantity_of(sku: str) -> int:
@@ -87,9 +68,6 @@ def quantity_of(sku: str) -> int:
 
 
 def list_products() -> list[dict[str, object]]:
-    sku = ProductView.sku
-    # Code-point order on every database: PostgreSQL would otherwise sort by
-    # its (locale-dependent) collation, SQLite by bytes.
-    order = sku.collate('"C"') if is_postgres(database.obj) else sku
-    query = ProductView.select(ProductView.sku, ProductView.quantity).order_by(order)
+    """Every SKU of the view and its quantity, in code-point order of SKU."""
+    query = ProductView.select(ProductView.sku, ProductView.quantity).order_by(ProductView.sku)
     return [{"sku": row.sku, "quantity": row.quantity} for row in query]

@@ -2,13 +2,13 @@
 
 import peewee
 
-from cqrs_warehouse.messaging.database import BaseModel
+from cqrs_warehouse.messaging import Model
 
 
-class ProductView(BaseModel):
+class ProductView(Model):
+    # Code-point order (COLLATE "C" on PostgreSQL, migration 0002), as SQLite's.
     sku = peewee.CharField(max_length=64, primary_key=True)
     quantity = peewee.BigIntegerField()
 
     class Meta:
         table_name = "products_view_products"
-        slice_schema = "products_view"

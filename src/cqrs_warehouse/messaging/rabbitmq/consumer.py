@@ -1,42 +1,27 @@
-"""The Dramatiq brokers the service runs on. Used by bootstrap only.
-
-RabbitMQ routes one published message through the topic exchange to every
-bound listener queue, with a single body. Dramatiq's consumer expects that
-body to be a Dramatiq message naming its actor, and no Dramatiq broker
-consumes from an exchange fan-out, so ``EventRoutingRabbitmqBroker``'s
-consumer turns our Avro deliveries into a Dramatiq message for the actor
-that owns the queue they arrived on. Everything else (acks, retries, delays,
-reconnects) stays Dramatiq's own.
+"""The consumer of a listener's queue: deliveries in batches, applied in its own thread.
 
 Batches: Dramatiq hands an actor one message per call, and a listener that
 commits once per message is bound by its commits. So the consumer puts
-every Avro delivery that RabbitMQ has already sent it (up to
-``listener_batch_size``) into one Dramatiq message whose arguments are their
-envelopes, and acks them all when the actor is done; the listener applies
-them in one transaction (``listeners.run_listener_batch``). It never waits
-for a batch to fill: an idle queue still hands over each message at once.
-No Dramatiq or pika API batches deliveries, hence this consumer.
+every Avro delivery RabbitMQ has already sent it (up to the broker's
+``listener_batch_size``) into one Dramatiq message whose arguments are
+their envelopes, and acks them all when the actor is done; the engine
+applies them in one transaction. It never waits for a batch to fill: an
+idle queue still hands over each message at once. No Dramatiq or pika API
+batches deliveries, hence this consumer.
 
 In place: Dramatiq's consumer thread puts each message on a work queue for
-one of its worker threads, which processes it and hands the ack back to the
-consumer thread's connection. For a listener's deliveries those two
-hand-offs between threads cost more than applying a small batch (measured
-on 2 cores: about 2 ms of the 5 ms from a command to its listeners), so the
-consumer thread processes its own batches: through Dramatiq's
-``WorkerThread.process_message``, with the same middleware (retries, the
-current message, database connections, metrics), and acks them on its own
-connection at once. Dramatiq messages on the same queue (retries, resends)
-still go through the work queue. While a batch is applied the queue's
-consumer reads nothing more, which is what a batch waits for anyway.
-
-Spread: each listener queue prefers one worker process (a consumer
-priority, see ``consumer_priority``), so that a command's deliveries to its
-listeners do not queue up for one interpreter.
+a worker thread, which hands the ack back to the consumer thread's
+connection; for a listener's deliveries those hand-offs cost more than
+applying a small batch (docs/decisions/0007-in-place-consumer.md). So the
+consumer thread processes its own batches, through Dramatiq's
+``WorkerThread.process_message`` (the same middleware: retries, the current
+message, database connections, metrics), and acks them on its own connection
+at once. Dramatiq messages on the same queue (retries, resends) still go
+through the work queue.
 """
 
 from __future__ import annotations
 
-import copy
 import multiprocessing
 import re
 import threading
@@ -48,99 +33,26 @@ import dramatiq
 import pika
 import pika.exceptions
 from dramatiq.broker import MessageProxy
-from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
-from dramatiq.common import dq_name
+from dramatiq.brokers.rabbitmq import _RabbitmqConsumer
 from dramatiq.errors import ConnectionClosed
 from dramatiq.worker import ConsumerThread, WorkerThread
 
-from .transport import coalesced_frames, envelope_from_amqp
+from .publisher import coalesced_frames
+from .wire import envelope_of_delivery
 
-
-class EventRoutingRabbitmqBroker(RabbitmqBroker):
-    def __init__(
-        self,
-        *,
-        listener_batch_size: int = 1,
-        listener_queues: Sequence[str] = (),
-        **kwargs: Any,
-    ) -> None:
-        """``listener_queues``: the listeners' queues in listeners.yaml's order;
-        each prefers one worker process (``consumer_priority``)."""
-        super().__init__(**kwargs)
-        self.listener_batch_size = listener_batch_size
-        self.listener_queues = list(listener_queues)
-
-    @property
-    def consumer_class(self) -> type:
-        return _EventRoutingConsumer
-
-    # Queues are declared without ``x-queue-version``: the server's default
-    # (classic queues of version 1 before RabbitMQ 4.0, version 2 from then
-    # on), or what an operator's policy sets. Declaring version 2 was tried:
-    # on RabbitMQ 3.10 it stores persistent messages more cheaply, but delays
-    # each delivery to a consumer by about 0.7 ms (a persistent message to a
-    # durable queue, measured here: 1.5 ms from publish to consumer against
-    # 0.8 ms with version 1), which cost the service 1.4-2.6 ms of its 100
-    # commands/s latency, and it gained nothing end to end (a 100,000 event
-    # backlog: 43.4 s against 42.7 s with version 1).
-
-    def _declare_queue(self, queue_name: str) -> Any:
-        return self._declare_as_it_is(super()._declare_queue, queue_name, queue_name)
-
-    def _declare_dq_queue(self, queue_name: str) -> Any:
-        return self._declare_as_it_is(super()._declare_dq_queue, queue_name, dq_name(queue_name))
-
-    def _declare_as_it_is(self, declare: Any, queue_name: str, declared: str) -> Any:
-        """``declare(queue_name)``, which declares the queue ``declared``; one
-        that exists with another queue version is kept.
-
-        Releases before this one declared version 2. RabbitMQ refuses to
-        redeclare a queue with other arguments, and the version of a queue
-        cannot change once it holds messages, so such a queue is used as it
-        is (a warning says how to change it) rather than failing every start.
-        Any other difference of arguments still fails.
-        """
-        try:
-            return declare(queue_name)
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code != 406 or "x-queue-version" not in error.reply_text:
-                raise
-            refusal = error.reply_text
-        del self.channel  # the broker closed it
-        self.logger.warning(
-            "Queue %s exists with another x-queue-version (%s); it is used as it is. "
-            "To change its version, apply a queue-version policy or delete the queue "
-            "once it is empty.",
-            declared,
-            refusal,
-        )
-        return self.channel.queue_declare(queue=declared, passive=True)
-
-    def queue_owner(self, queue_name: str) -> str | None:
-        owners = [a.actor_name for a in self.actors.values() if a.queue_name == queue_name]
-        return owners[0] if len(owners) == 1 else None
-
-
-# Each listener queue prefers one worker process. Every worker process
-# consumes every queue, and RabbitMQ hands a queue's deliveries to its
-# consumers in turn, so a command's deliveries to the three listeners often
-# landed in one process (half of them, measured), where the listeners' threads
-# take turns on one interpreter: the third waited for the Python of the two
-# others, about 0.8 ms. With consumer priorities, listener k's consumer in
-# worker process k (modulo the number of processes) ranks first, and RabbitMQ
-# delivers to the others only while that one has its prefetch full (under
-# load) or is gone. The listeners of a command then spread over the
-# processes (measured at 100 commands/s on 2 cores: the slowest listener's
-# p50 from 3.1-3.4 ms to 2.9-3.0 ms). The number of processes is not known
-# here: ranking the processes after k, cyclically, lands listener k on
-# process k mod N whatever N is.
-_RANKS = 1000  # more than any number of worker processes
+#: More than any number of worker processes (see ``consumer_priority``).
+_RANKS = 1000
 
 
 def consumer_priority(queues: Sequence[str], queue_name: str, process: int | None) -> int | None:
     """The ``x-priority`` of worker process ``process``'s consumer of
     ``queue_name``: 0 in the process the queue prefers, lower in the others;
-    None for a queue that is not a listener's or a process of unknown index."""
+    None for a queue that is not a listener's or a process of unknown index.
+
+    Listener k prefers worker process k modulo the number of processes, which
+    is not known here: ranking the processes after k, cyclically, lands it
+    there whatever the number (docs/decisions/0006-listener-spread.md).
+    """
     if process is None or queue_name not in queues:
         return None
     return -((process - queues.index(queue_name)) % _RANKS)
@@ -167,10 +79,12 @@ class _Deliveries(MessageProxy):
         self.tags = tags
 
 
-class _EventRoutingConsumer(_RabbitmqConsumer):
-    def __init__(
-        self, broker: EventRoutingRabbitmqBroker, queue_name: str, prefetch: int, timeout: int
-    ) -> None:
+class ListenerConsumer(_RabbitmqConsumer):
+    """Dramatiq's RabbitMQ consumer (a private class: Dramatiq has no public hook
+    for how deliveries become messages; pinned by tests/broker/test_listener_batches.py)."""
+
+    def __init__(self, broker: Any, queue_name: str, prefetch: int, timeout: int) -> None:
+        """``broker``: a ``broker.ListenerRoutingBroker``."""
         self.owner = broker.queue_owner(queue_name)
         self.batch_size = broker.listener_batch_size if self.owner is not None else 1
         if self.batch_size > 1:
@@ -235,7 +149,7 @@ class _EventRoutingConsumer(_RabbitmqConsumer):
     def _envelope(self, delivery: Any) -> dict[str, Any] | None:
         if self.owner is None or delivery is None or delivery[0] is None:
             return None
-        return envelope_from_amqp(delivery[1], delivery[2])
+        return envelope_of_delivery(delivery[1], delivery[2])
 
     def _waiting(self) -> bool:
         """Whether a delivery can be read without waiting for RabbitMQ."""
@@ -283,13 +197,10 @@ class _EventRoutingConsumer(_RabbitmqConsumer):
             )
 
     def _ack_tags(self, tags: list[int]) -> None:
-        # BlockingChannel.basic_ack flushes the socket after every ack (a
-        # fifth of a listener's CPU under a backlog, profiled). The channel
-        # under it only queues the frames, each to be sent on its own:
-        # ``coalesced_frames`` makes them one write, which
-        # process_data_events sends. (A single ack with ``multiple`` could
-        # also settle a Dramatiq message whose ack a worker thread has queued
-        # for this thread: RabbitMQ closes a channel that acks a tag twice.)
+        # One write for the batch's acks (BlockingChannel.basic_ack flushes
+        # after each). Not one ack with ``multiple``: it could also settle a
+        # Dramatiq message whose ack a worker thread has queued for this
+        # thread, and RabbitMQ closes a channel that acks a tag twice.
         with coalesced_frames(self.connection):
             for tag in tags:
                 self.channel._impl.basic_ack(tag)
@@ -303,12 +214,11 @@ class _EventRoutingConsumer(_RabbitmqConsumer):
 
 
 class _InPlace:
-    """Processes a consumer's messages in its own thread, as a worker thread would.
-
-    A Dramatiq WorkerThread that is never started: its ``process_message``
-    runs the middleware and the actor, then has the consumer thread ack or
-    reject the message (``post_process_message``).
-    """
+    """Processes a consumer's messages in its own thread, as a worker thread would:
+    a Dramatiq WorkerThread that is never started, whose ``process_message`` runs
+    the middleware and the actor, then settles the message (a public method of
+    a class Dramatiq does not document for reuse; pinned by
+    tests/broker/test_listener_batches.py)."""
 
     def __init__(self, broker: dramatiq.Broker, consumer_thread: ConsumerThread) -> None:
         self.worker = WorkerThread(
@@ -359,42 +269,3 @@ class _Lookahead:
             except Exception as error:
                 self._ahead.append((None, error))
         return self._ahead[0][0]
-
-
-def _short_lived(parameters: Any) -> pika.BlockingConnection:
-    params = parameters[0] if isinstance(parameters, list) else parameters
-    quick = copy.copy(params)
-    quick.connection_attempts = 1
-    quick.socket_timeout = 2
-    quick.blocked_connection_timeout = 2
-    return pika.BlockingConnection(quick)
-
-
-def ping(parameters: Any) -> None:
-    """Raise unless RabbitMQ accepts a connection now."""
-    _short_lived(parameters).close()
-
-
-def queue_depths(parameters: Any, queues: dict[str, str]) -> dict[str, int]:
-    """Messages ready in each queue plus its delay queue: {label: count}.
-
-    Declares passively, so a queue that does not exist yet counts 0 and is
-    not created.
-    """
-    connection = _short_lived(parameters)
-    try:
-        depths = {}
-        for label, queue in queues.items():
-            total = 0
-            for name in (queue, dq_name(queue)):
-                channel = connection.channel()
-                try:
-                    total += channel.queue_declare(queue=name, passive=True).method.message_count
-                except pika.exceptions.ChannelClosedByBroker:
-                    continue  # not declared yet: nothing waits there
-                if channel.is_open:
-                    channel.close()
-            depths[label] = total
-        return depths
-    finally:
-        connection.close()

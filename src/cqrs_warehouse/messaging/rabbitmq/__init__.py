@@ -1,0 +1,67 @@
+"""The RabbitMQ transport: the drain publishes to a topic exchange, RabbitMQ's
+bindings (from listeners.yaml) fan each message out to the listener queues,
+and each listener's consumer applies what arrives.
+
+- ``wire``: a message as AMQP body and properties;
+- ``publisher``: confirmed publishing of the drain's batches;
+- ``topology``: the exchange, queues and bindings; readiness and depths;
+- ``broker`` and ``consumer``: Dramatiq's broker, with the listeners' consumer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware, Retries, TimeLimit
+
+from ..drain import Publisher
+from ..listening.actors import send_envelope
+from ..routing import actor_name
+from .broker import ListenerRoutingBroker
+from .publisher import RabbitmqPublisher
+from .topology import Topology, ping, queue_depths
+
+
+class RabbitmqTransport:
+    def __init__(
+        self,
+        url: str,
+        *,
+        exchange: str,
+        bindings: Mapping[str, tuple[str, ...]],
+        listener_queues: Sequence[str],
+        listener_batch_size: int,
+    ) -> None:
+        """``bindings``: each listener queue's topic patterns; ``listener_queues``:
+        those queues in listeners.yaml's order."""
+        self.broker: dramatiq.Broker
+        self.broker = broker = ListenerRoutingBroker(
+            url=url,
+            confirm_delivery=True,
+            listener_batch_size=listener_batch_size,
+            listener_queues=list(listener_queues),
+            # Of Dramatiq's default middleware, the two the actors use: the
+            # others serve options no actor here sets, and each runs on every message.
+            middleware=[TimeLimit(), Retries()],
+        )
+        self.parameters = broker.parameters
+        self.topology = Topology(broker, exchange, bindings)
+        self.publisher: Publisher = RabbitmqPublisher(self.parameters, self.topology)
+        self.middleware: list[Middleware] = []
+
+    def send(self, listener: str, envelope: dict[str, Any]) -> None:
+        """Hand ``envelope`` to one listener again (a held message resent)."""
+        send_envelope(self.broker, actor_name(listener), envelope)
+
+    def check(self) -> None:
+        """Raise unless RabbitMQ accepts a connection now."""
+        ping(self.parameters)
+
+    def queue_depths(self, queues: Mapping[str, str]) -> dict[str, int]:
+        """Messages waiting in each queue (and its delay queue): {label: count}."""
+        return queue_depths(self.parameters, queues)
+
+    def start(self) -> None:
+        """Nothing to do when the process starts: RabbitMQ keeps the queues."""

@@ -1,0 +1,71 @@
+"""What the service declares on RabbitMQ, and how it looks at it: the exchange,
+the listener queues and their bindings; readiness and queue depths."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+from dramatiq.common import dq_name
+
+
+@dataclass(frozen=True)
+class Topology:
+    broker: Any  # a broker.ListenerRoutingBroker (it declares queues as its consumers do)
+    exchange: str
+    bindings: Mapping[str, tuple[str, ...]]  # queue name -> topic patterns
+
+    def declare(self, channel: Any) -> None:
+        """Declare the exchange, the listener queues and their bindings (idempotent).
+
+        Queues through the Dramatiq broker, so that their arguments match the
+        ones its consumers declare.
+        """
+        channel.exchange_declare(exchange=self.exchange, exchange_type="topic", durable=True)
+        for queue_name, patterns in self.bindings.items():
+            self.broker.declare_queue(queue_name, ensure=True)
+            for pattern in patterns:
+                channel.queue_bind(queue=queue_name, exchange=self.exchange, routing_key=pattern)
+
+
+def _short_lived(parameters: Any) -> pika.BlockingConnection:
+    params = parameters[0] if isinstance(parameters, list) else parameters
+    quick = copy.copy(params)
+    quick.connection_attempts = 1
+    quick.socket_timeout = 2
+    quick.blocked_connection_timeout = 2
+    return pika.BlockingConnection(quick)
+
+
+def ping(parameters: Any) -> None:
+    """Raise unless RabbitMQ accepts a connection now."""
+    _short_lived(parameters).close()
+
+
+def queue_depths(parameters: Any, queues: Mapping[str, str]) -> dict[str, int]:
+    """Messages ready in each queue plus its delay queue: {label: count}.
+
+    Declares passively, so a queue that does not exist yet counts 0 and is
+    not created.
+    """
+    connection = _short_lived(parameters)
+    try:
+        depths = {}
+        for label, queue in queues.items():
+            total = 0
+            for name in (queue, dq_name(queue)):
+                channel = connection.channel()
+                try:
+                    total += channel.queue_declare(queue=name, passive=True).method.message_count
+                except pika.exceptions.ChannelClosedByBroker:
+                    continue  # not declared yet: nothing waits there
+                if channel.is_open:
+                    channel.close()
+            depths[label] = total
+        return depths
+    finally:
+        connection.close()

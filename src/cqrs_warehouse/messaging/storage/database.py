@@ -1,0 +1,196 @@
+"""The database: opened from a URL, with driver errors translated where the driver is called.
+
+``open_database`` gives one of the peewee databases below. Each translates
+peewee's exceptions (which wrap the driver's) into the messaging error tree
+at its calls to the driver (connect, execute, commit, rollback), so no other
+code inspects a driver error. On top of peewee they offer what the hot
+paths need (``execute_prepared``, ``defer``); PostgreSQL's are in
+``postgres.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import peewee
+from playhouse.db_url import parse as parse_url
+from playhouse.pool import PooledPostgresqlDatabase
+
+from ..errors import (
+    ConfigurationError,
+    ConflictError,
+    DatabaseUnavailableError,
+    MessagingError,
+    MissingTableError,
+    RefusedClaimError,
+    StorageError,
+)
+from .postgres import DeferredPostgresql, Prepared
+
+#: The SQLSTATE that ``messaging.claim_next`` and ``messaging.expect`` raise (migration 0005).
+REFUSED_CLAIM = "WQ001"
+_CONFLICTS = {"40001", "40P01"}  # serialization failure, deadlock
+_MISSING = {"42P01", "3F000", "42883"}  # undefined table, schema, function
+
+
+class _Translating(peewee.Database):
+    """Raises the messaging error tree instead of peewee's exceptions."""
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        try:
+            return super().connect(reuse_if_open)
+        except peewee.PeeweeException as error:
+            raise self.translate(error) from error
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        try:
+            return super().execute_sql(sql, params)
+        except peewee.PeeweeException as error:
+            raise self.translate(error) from error
+
+    def begin(self, *args: Any) -> None:
+        try:
+            super().begin(*args)
+        except peewee.PeeweeException as error:
+            raise self.translate(error) from error
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        except peewee.PeeweeException as error:
+            raise self.translate(error) from error
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        except peewee.PeeweeException as error:
+            raise self.translate(error) from error
+
+    def translate(self, error: peewee.PeeweeException) -> MessagingError:
+        code = getattr(getattr(error, "orig", None), "pgcode", None)
+        if code == REFUSED_CLAIM:
+            return RefusedClaimError(str(error))
+        if code in _CONFLICTS:
+            return ConflictError(str(error))
+        if code in _MISSING or "no such table" in str(error):
+            return MissingTableError(f"{error} (has `cqrs-warehouse migrate` run?)")
+        if "database is locked" in str(error):
+            return ConflictError(str(error))
+        if isinstance(error, peewee.OperationalError | peewee.InterfaceError):
+            return DatabaseUnavailableError(str(error))
+        return StorageError(str(error))
+
+    def discard_broken_connection(self) -> None:
+        """Forget this thread's connection after it broke (peewee opens a new
+        one on the next statement)."""
+        db = self
+        try:
+            db.close()
+        except Exception:
+            # peewee refuses to close while its transaction stack is not
+            # empty, which a ROLLBACK that failed on the dead connection
+            # leaves behind; the connection is gone anyway.
+            raw = db._state.conn  # type: ignore[attr-defined]
+            try:
+                if raw is not None:
+                    raw.close()
+            except Exception:
+                pass  # already broken
+            finally:
+                db._state.reset()  # type: ignore[attr-defined]
+
+    def discard_dead_connection(self) -> None:
+        """Drop this thread's connection if the server closed it meanwhile."""
+        db = self
+        if not db.is_closed() and getattr(db._state.conn, "closed", False):  # type: ignore[attr-defined]
+            self.discard_broken_connection()
+
+
+class SqliteDatabase(_Translating, peewee.SqliteDatabase):
+    """SQLite: one namespace (no schemas); statements are not prepared nor deferred
+    (its statements are calls within the process)."""
+
+    has_schemas = False
+    defers = False
+    array_parameters = False
+
+    def execute_prepared(self, sql: str, params: Any, *, defer: bool = False) -> Any:
+        return self.execute_sql(sql, params)
+
+    @contextmanager
+    def exclusively(self, key: int) -> Iterator[None]:
+        """Nothing to take: a SQLite file has one writer at a time anyway."""
+        yield
+
+
+class _Exclusive(peewee.PostgresqlDatabase):
+    @contextmanager
+    def exclusively(self, key: int) -> Iterator[None]:
+        """Hold PostgreSQL's advisory lock ``key`` on this connection for the block."""
+        self.execute_sql("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            self.execute_sql("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+class PostgresDatabase(_Translating, _Exclusive, DeferredPostgresql):
+    """PostgreSQL: a schema per slice, prepared statements, BEGIN and
+    result-less statements sent along with the next statement (``postgres.py``)."""
+
+    has_schemas = True
+    defers = True
+    array_parameters = True
+
+
+class PooledPostgresDatabase(_Translating, _Exclusive, Prepared, PooledPostgresqlDatabase):
+    """``postgresql+pool://``: prepared statements, nothing deferred (a pooled
+    connection's state is not tracked across checkouts)."""
+
+    has_schemas = True
+    defers = False
+    array_parameters = True
+
+
+Database = SqliteDatabase | PostgresDatabase | PooledPostgresDatabase
+
+_SCHEMES: dict[str, type] = {
+    "sqlite": SqliteDatabase,
+    "postgres": PostgresDatabase,
+    "postgresql": PostgresDatabase,
+    "postgres+pool": PooledPostgresDatabase,
+    "postgresql+pool": PooledPostgresDatabase,
+}
+
+
+def open_database(url: str) -> Database:
+    """The database a ``DATABASE_URL`` names; it connects on first use."""
+    scheme = url.partition("://")[0]
+    cls = _SCHEMES.get(scheme)
+    if cls is None:
+        raise ConfigurationError(
+            f"DATABASE_URL: {scheme!r} is not supported; use sqlite:///FILE or postgresql://..."
+        )
+    options = parse_url(url)
+    if cls is SqliteDatabase:
+        # Several threads write (API, drain, listeners): WAL lets readers go
+        # on, BEGIN IMMEDIATE takes the write lock up front so a transaction
+        # never fails half-way upgrading a read lock, and busy_timeout waits
+        # for the lock instead of failing at once.
+        options.update(
+            pragmas={
+                "journal_mode": "wal",
+                "busy_timeout": 30000,
+                "synchronous": "normal",
+                "foreign_keys": 1,
+            },
+            lock_type="IMMEDIATE",
+            timeout=30,
+        )
+        path = options.get("database") or ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return cls(**options)

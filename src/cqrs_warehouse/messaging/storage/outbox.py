@@ -1,0 +1,214 @@
+"""Where the outbox keeps its rows: appended by commands, taken by the drain.
+
+``OutboxStore`` is the interface and the SQLite form; ``PostgresOutboxStore``
+does each operation in one statement. Used by ``messaging.outbox`` and
+``messaging.drain`` only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any, NamedTuple
+
+import peewee
+
+from ..message import Message
+from .models import OutboxRecord, StreamHead, qualified_name, utcnow
+from .statements import Statement
+
+
+class OutboxRow(NamedTuple):
+    """An outbox row as the drain takes it (the attributes of OutboxRecord)."""
+
+    id: int
+    message_id: str
+    type: str
+    schema_version: int
+    payload: Any  # bytes, or a memoryview on PostgreSQL
+    stream: str | None
+    position: int | None
+    correlation_id: str | None
+    predecessors: str | None  # JSON text
+
+
+_ROW_FIELDS = [getattr(OutboxRecord, name) for name in OutboxRow._fields]
+
+
+class OutboxStore:
+    """The outbox table and the stream heads, through peewee (SQLite)."""
+
+    #: Whether an append wakes the drain by itself when its transaction commits.
+    wakes_drain = False
+
+    def append(
+        self, message: Message, payload: bytes, correlation_id: str | None
+    ) -> dict[str, int] | None:
+        """Store ``message`` (its Avro ``payload``) in the open transaction;
+        returns its predecessors: for each routing key, the stream's last
+        position before it (None without a stream).
+
+        The caller serialises its stream (the warehouse's commands hold the
+        SKU's row), so reading and advancing the heads cannot interleave.
+        """
+        predecessors = None
+        if message.stream is not None:
+            assert message.position is not None
+            heads = {str(key): int(last) for key, last in _HEADS.rows(message.stream)}
+            _ADVANCE_HEAD.run(message.stream, message.routing_key, message.position)
+            predecessors = {key: last for key, last in heads.items() if last < message.position}
+        OutboxRecord.insert(
+            message_id=message.id,
+            type=message.type,
+            schema_version=message.schema_version,
+            payload=payload,
+            stream=message.stream,
+            position=message.position,
+            correlation_id=correlation_id,
+            predecessors=None if predecessors is None else json.dumps(predecessors),
+        ).execute()
+        return predecessors
+
+    def take(self, limit: int) -> list[OutboxRow]:
+        """The oldest rows, deleted by the open transaction (they come back if it
+        rolls back). On SQLite the transaction began IMMEDIATE: it holds the
+        write lock, so no other drain takes them meanwhile."""
+        query = OutboxRecord.select(*_ROW_FIELDS).order_by(OutboxRecord.id).limit(limit)
+        rows = [OutboxRow(*row) for row in query.tuples().iterator()]
+        if rows:
+            OutboxRecord.delete().where(OutboxRecord.id.in_([row.id for row in rows])).execute()
+        return rows
+
+    def status(self) -> tuple[int, float | None]:
+        """How many rows wait, and the age in seconds of the oldest."""
+        count, oldest = OutboxRecord.select(
+            peewee.fn.COUNT(OutboxRecord.id), peewee.fn.MIN(OutboxRecord.created_at)
+        ).scalar(as_tuple=True)
+        if not count or oldest is None:
+            return 0, None
+        if isinstance(oldest, str):  # SQLite hands aggregates back as text
+            oldest = datetime.datetime.fromisoformat(oldest)
+        return int(count), max(0.0, (utcnow() - oldest).total_seconds())
+
+    def pending(self, limit: int | None = None) -> list[OutboxRecord]:
+        """The rows waiting, oldest first."""
+        query = OutboxRecord.select().order_by(OutboxRecord.id)
+        return list(query.limit(limit) if limit is not None else query)
+
+
+_HEADS = Statement(
+    lambda stream: StreamHead.select(StreamHead.routing_key, StreamHead.position).where(
+        StreamHead.stream == stream
+    ),
+    "\x01stream",
+)
+_ADVANCE_HEAD = Statement(
+    lambda stream, routing_key, position: StreamHead.insert(
+        stream=stream, routing_key=routing_key, position=position
+    ).on_conflict(
+        conflict_target=[StreamHead.stream, StreamHead.routing_key],
+        update={StreamHead.position: peewee.EXCLUDED.position},
+    ),
+    "\x01stream",
+    "\x01key",
+    10**15 + 7,
+)
+
+
+class PostgresOutboxStore(OutboxStore):
+    """Each operation in one statement, prepared once per connection.
+
+    An append reads and advances the stream's heads, inserts the row (its
+    predecessors computed by PostgreSQL) and NOTIFYs the drain, which
+    PostgreSQL delivers only if the transaction commits (a NOTIFY repeated in
+    one transaction is delivered once). ``take`` deletes the batch with
+    ``FOR UPDATE SKIP LOCKED``, so several drains take different rows, and
+    turns ``synchronous_commit`` off for its transaction: were PostgreSQL to
+    crash before writing that commit, the rows would come back and be
+    published again, which listeners recognise.
+    """
+
+    wakes_drain = True
+
+    def __init__(self, database: Any, notify_channel: str) -> None:
+        self.database = database
+        self.notify_channel = notify_channel
+        self._sql: tuple[str, str, str] | None = None
+
+    def append(
+        self, message: Message, payload: bytes, correlation_id: str | None
+    ) -> dict[str, int] | None:
+        in_stream, plain, _ = self._statements()
+        values = {
+            "message_id": message.id,
+            "type": message.type,
+            "schema_version": message.schema_version,
+            "payload": payload,
+            "stream": message.stream,
+            "position": message.position,
+            "created_at": utcnow(),
+            "correlation_id": correlation_id,
+            "routing_key": message.routing_key,
+            "channel": self.notify_channel,
+        }
+        sql = in_stream if message.stream else plain
+        ((predecessors, _),) = self.database.execute_prepared(sql, values).fetchall()
+        return None if predecessors is None else json.loads(predecessors)
+
+    def take(self, limit: int) -> list[OutboxRow]:
+        _, _, take = self._statements()
+        cursor = self.database.execute_prepared(
+            take, (limit,), prefix="SET LOCAL synchronous_commit TO OFF; "
+        )
+        # RETURNING does not keep the subquery's order: publish oldest first.
+        return sorted((OutboxRow(*row) for row in cursor.fetchall()), key=lambda r: r.id)
+
+    def _statements(self) -> tuple[str, str, str]:
+        # Built on first use: the tables' schemas are set when the runtime binds them.
+        if self._sql is None:
+            self._sql = _postgres_statements()
+        return self._sql
+
+
+def _postgres_statements() -> tuple[str, str, str]:
+    """(append in a stream, append without, take).
+
+    ``previous`` reads the heads as the statement's snapshot has them: before
+    ``advanced`` moves this routing key's head (the parts of one statement do
+    not see each other's writes). pg_notify is in the final SELECT so that it
+    runs exactly once, for the one row inserted.
+    """
+    heads, outbox = qualified_name(StreamHead), qualified_name(OutboxRecord)
+    insert = (
+        f"INSERT INTO {outbox} (message_id, type, schema_version, payload, stream, "
+        "position, created_at, correlation_id, predecessors) "
+        "VALUES (%(message_id)s, %(type)s, %(schema_version)s, %(payload)s, %(stream)s, "
+        "%(position)s, %(created_at)s, %(correlation_id)s, {predecessors}) "
+        "RETURNING predecessors"
+    )
+    in_stream = (
+        "WITH previous AS ("
+        f"SELECT routing_key, position FROM {heads} "
+        "WHERE stream = %(stream)s AND position < %(position)s), "
+        f"advanced AS (INSERT INTO {heads} (stream, routing_key, position) "
+        "VALUES (%(stream)s, %(routing_key)s, %(position)s) "
+        "ON CONFLICT (stream, routing_key) DO UPDATE SET position = EXCLUDED.position), "
+        # An empty map is stored as {} (a stream message always has one).
+        "stored AS ("
+        + insert.format(
+            predecessors="(SELECT COALESCE(jsonb_object_agg(routing_key, position), "
+            "'{}'::jsonb)::text FROM previous)"
+        )
+        + ") SELECT predecessors, pg_notify(%(channel)s, '') FROM stored"
+    )
+    plain = (
+        "WITH stored AS ("
+        + insert.format(predecessors="NULL")
+        + ") SELECT predecessors, pg_notify(%(channel)s, '') FROM stored"
+    )
+    take = (
+        f"DELETE FROM {outbox} WHERE id IN ("
+        f"SELECT id FROM {outbox} ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
+        f"RETURNING {', '.join(OutboxRow._fields)}"
+    )
+    return in_stream, plain, take
