@@ -55,11 +55,7 @@ class Runtime:
             settings.database_url, notify_channel=settings.notify_channel
         )
         self.database = self.storage.database
-        for slice_ in slices:
-            for store in slice_.stores:
-                for model in store.models:
-                    model._meta.schema = store.schema if self.database.has_schemas else None
-                    model.bind(self.database)
+        self.bind_models()
         self.registry = SchemaRegistry(
             settings.schemas_dir, *(s.schemas for s in slices if s.schemas is not None)
         )
@@ -79,6 +75,16 @@ class Runtime:
             )
             for slice_ in slices
         }
+
+    def bind_models(self) -> None:
+        """Point every slice's models at this runtime's database, in their store's
+        schema. peewee binds a model class, not an instance: the last runtime
+        built in a process (or bound again) is the one its models use."""
+        for slice_ in self.slices:
+            for store in slice_.stores:
+                for model in store.models:
+                    model._meta.schema = store.schema if self.database.has_schemas else None
+                    model.bind(self.database)
 
     # --- listeners --------------------------------------------------------
 

@@ -1,0 +1,142 @@
+"""Subprocesses of the service (gunicorn, dramatiq, the CLI), each in a process
+group of its own, its output in a log file. Every group started is stopped at
+exit, even when a run fails half-way."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+#: The binaries of the environment running the tests (gunicorn, dramatiq, cqrs-warehouse).
+BIN = Path(sys.executable).parent
+
+_running: list[Service] = []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_to_exit(
+    args: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout: float = 90
+) -> Finished:
+    """Run a command that stops by itself; TimeoutError after ``timeout`` seconds."""
+    try:
+        completed = subprocess.run(
+            list(args),
+            env=dict(env),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise TimeoutError(f"{' '.join(args)} still ran after {timeout} s: {error.output!r}")
+    return Finished(completed.returncode, completed.stdout, completed.stderr)
+
+
+@dataclass
+class Service:
+    """A long-running subprocess whose output goes to a log file."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(
+        cls, name: str, args: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_dir: Path
+    ) -> Service:
+        log_path = log_dir / f"{name}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                list(args),
+                env=dict(env),
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a kill reaches the processes it forks
+            )
+        service = cls(name, list(args), log_path, process)
+        _running.append(service)
+        return service
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def require_alive(self) -> None:
+        if not self.alive():
+            raise RuntimeError(
+                f"{self.name} exited with {self.process.returncode}; its log:\n{self.output()[-3000:]}"
+            )
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        """Its exit code once it stops by itself; TimeoutError after ``timeout`` seconds."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(
+                f"{self.name} still ran after {timeout} s; its output:\n{self.output()[-5000:]}"
+            ) from None
+
+    def terminate(self, timeout: float = 20) -> int:
+        """SIGTERM, then SIGKILL to its process group after ``timeout`` seconds; then
+        kill whatever of its group outlived it (an orphaned worker, say)."""
+        if self in _running:
+            _running.remove(self)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout)
+        self.signal_group(signal.SIGKILL)
+        return self.process.wait(timeout=10)
+
+
+def _stop_all() -> None:
+    for service in reversed(list(_running)):
+        service.terminate(timeout=10)
+
+
+atexit.register(_stop_all)
