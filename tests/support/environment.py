@@ -21,7 +21,7 @@ SERVICE_VARIABLES = environment_variables(
 )
 
 
-def service_env(settings: Mapping[str, str | None] = {}, **more: str | None) -> dict[str, str]:  # noqa: B006
+def service_env(settings: Mapping[str, str | None] = {}, **more: str | None) -> dict[str, str]:
     """The runner's environment without any service variable, plus ``settings``
     (one given as None stays unset). PYTHONPATH holds the repository root, so
     that the tests' own slices import in the service's processes."""

@@ -30,7 +30,7 @@ from cqrs_warehouse.settings import DEFAULT_SLICES, Settings
 from .environment import SCHEMAS, service_env
 from .processes import BIN, ROOT, Finished, Service, free_port, run_to_exit
 from .services import BROKER_URL, Postgres, broker_names, delete_from_broker, unique_name
-from .waiting import eventually, wait_for_http
+from .waiting import wait_for_http
 
 GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 EXCHANGE = "messaging"
@@ -139,7 +139,7 @@ class Installation:
 
     # --- processes ------------------------------------------------------------
 
-    def start(self, name: str, args: Sequence[str], env: Mapping[str, str | None] = {}) -> Service:  # noqa: B006
+    def start(self, name: str, args: Sequence[str], env: Mapping[str, str | None] = {}) -> Service:
         """Any process of this installation, with its environment (plus ``env``)."""
         runs = sum(1 for s in self.services if s.name.split("-")[0] == name)
         environment = {k: v for k, v in {**self.env, **env}.items() if v is not None}
@@ -154,7 +154,7 @@ class Installation:
         *,
         workers: int = 2,
         env: Mapping[str, str | None] = {},
-        wait: bool = True,  # noqa: B006
+        wait: bool = True,
     ) -> Service:
         """gunicorn, with a Prometheus folder of its own; returns once it is ready."""
         metrics = self.workdir / f"api-metrics-{len(self.services)}"
@@ -175,7 +175,7 @@ class Installation:
         threads: int = 4,
         queues: Sequence[str] = (),
         module: str = "cqrs_warehouse.worker",
-        env: Mapping[str, str | None] = {},  # noqa: B006
+        env: Mapping[str, str | None] = {},
         wait: bool = True,
     ) -> Service:
         """``dramatiq MODULE -p N -t M`` with its metrics on ``metrics_port``;
@@ -225,7 +225,7 @@ class Installation:
         workers.signal_group(signal.SIGKILL)
         return code
 
-    def cli(self, *args: str, env: Mapping[str, str | None] = {}, timeout: float = 90) -> Finished:  # noqa: B006
+    def cli(self, *args: str, env: Mapping[str, str | None] = {}, timeout: float = 90) -> Finished:
         """``cqrs-warehouse ARGS``, to its exit."""
         environment = {k: v for k, v in {**self.env, **env}.items() if v is not None}
         return run_to_exit(

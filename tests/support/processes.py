@@ -54,7 +54,9 @@ def run_to_exit(
             start_new_session=True,
         )
     except subprocess.TimeoutExpired as error:
-        raise TimeoutError(f"{' '.join(args)} still ran after {timeout} s: {error.output!r}")
+        raise TimeoutError(
+            f"{' '.join(args)} still ran after {timeout} s: {error.output!r}"
+        ) from None
     return Finished(completed.returncode, completed.stdout, completed.stderr)
 
 
@@ -99,7 +101,8 @@ class Service:
     def require_alive(self) -> None:
         if not self.alive():
             raise RuntimeError(
-                f"{self.name} exited with {self.process.returncode}; its log:\n{self.output()[-3000:]}"
+                f"{self.name} exited with {self.process.returncode}; "
+                f"its log:\n{self.output()[-3000:]}"
             )
 
     def output(self) -> str:
