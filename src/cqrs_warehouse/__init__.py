@@ -1,7 +1,6 @@
 """cqrs-warehouse: event-driven CQRS with a transactional outbox.
 
-Two slices live here: ``messaging`` (the domain-free core: messages, Avro
-schemas, the outbox, the drain, YAML routing and listener actors) and
-``warehouse`` (the domain). ``bootstrap`` wires them; nothing connects at
-import time.
+``messaging`` is the domain-free core; ``warehouse`` is a slice built on it.
+``runtime.build`` wires them for every process kind; nothing connects at
+import time. ARCHITECTURE.md at the repository's root is the map.
 """

@@ -8,6 +8,7 @@ It knows nothing about warehouses. A slice uses it through what is here:
 - ``Model``, ``Statement`` and ``Bulk``: tables and queries that run on
   every database the core supports;
 - ``context``: the logging context of a request or a message;
+- ``encode_token``: a command's consistency token (read-your-writes);
 - ``testing``: outbox peeking, direct feeding, eventually-asserts.
 
 The runtime (``cqrs_warehouse.runtime``) wires the rest: storage, schemas,
@@ -15,6 +16,7 @@ transports, the listener engine, the drain.
 """
 
 from . import context
+from .consistency import encode_token
 from .errors import MessagingError
 from .handler import Handler
 from .message import Message, reads, routing_key_for
@@ -30,6 +32,7 @@ __all__ = [
     "Outbox",
     "Statement",
     "context",
+    "encode_token",
     "reads",
     "routing_key_for",
 ]

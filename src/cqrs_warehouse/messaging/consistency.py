@@ -77,7 +77,7 @@ class Consistency:
         self.recheck = recheck
         self._lock = threading.Lock()
         self._waiting: dict[tuple[str, str], set[threading.Event]] = defaultdict(set)
-        self._listening = False
+        self._following = False
 
     def announce(self, listener: str, applied: Mapping[str, int], after_commit: Any) -> None:
         """Inside ``listener``'s transaction, which applied ``applied`` (stream ->
@@ -95,7 +95,7 @@ class Consistency:
     def wait_for(self, listener: str, token: str, timeout: float) -> bool:
         """True once ``listener`` has applied the token's position; False after ``timeout`` s."""
         stream, position = decode_token(token)
-        self._ensure_listening()
+        self._ensure_following()
         event = threading.Event()
         key = (listener, stream)
         with self._lock:
@@ -128,27 +128,27 @@ class Consistency:
                 for event in self._waiting.get((listener, stream), ()):
                     event.set()
 
-    def _ensure_listening(self) -> None:
-        if self._listening:
+    def _ensure_following(self) -> None:
+        if self._following:
             return
         with self._lock:
-            if not self._listening:
-                threading.Thread(target=self._listen, name="applied-listener", daemon=True).start()
-                self._listening = True
+            if not self._following:
+                threading.Thread(target=self._follow, name="applied-positions", daemon=True).start()
+                self._following = True
 
-    def _listen(self) -> None:
+    def _follow(self) -> None:
         while True:
             try:
-                listening = self.signals.listen(self.channel)
-                if listening is None:
+                subscription = self.signals.subscribe(self.channel)
+                if subscription is None:
                     return  # nothing crosses processes: the safety re-checks do
                 try:
                     while True:
-                        for payload in listening.wait(30):
+                        for payload in subscription.wait(30):
                             listener, stream, _ = payload.split(_SEPARATOR, 2)
                             self._wake(listener, [stream])
                 finally:
-                    listening.close()
+                    subscription.close()
             except Exception:
                 logger.warning("lost the LISTEN connection for applied positions", exc_info=True)
                 time.sleep(1)  # before reconnecting; waiters re-check meanwhile

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from . import context
+from .context import of_message
 from .message import READS_ATTRIBUTE, Message
 
 
@@ -41,7 +41,7 @@ class Handler:
         with one statement per table. Each carries its ``correlation_id``:
         wrap what is done for one message in ``context.of_message(message)``."""
         for message in messages:
-            with context.of_message(message):
+            with of_message(message):
                 self.apply(message)
 
     def apply_ahead(self, message: Message) -> None:

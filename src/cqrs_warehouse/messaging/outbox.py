@@ -18,7 +18,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from . import context
+from .context import correlation_id
 from .errors import NotInTransactionError, OutboxError
 from .message import Message
 from .schemas import SchemaRegistry
@@ -56,7 +56,7 @@ class Outbox:
         payload = self.registry.encode(message.type, message.schema_version, message.payload)
         if message.stream is not None and (message.position is None or message.position < 1):
             raise OutboxError(f"message {message.id} has a stream but no position >= 1")
-        predecessors = self.store.append(message, payload, context.correlation_id.get())
+        predecessors = self.store.append(message, payload, correlation_id.get())
         self._state.appended = True
         return message if predecessors is None else replace(message, predecessors=predecessors)
 

@@ -29,7 +29,7 @@ import dramatiq
 from dramatiq.middleware import Middleware
 
 from .errors import DatabaseUnavailableError
-from .storage.signals import Listening, Signals
+from .storage.signals import Signals, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +86,16 @@ class DrainWaker(Middleware):
         try:
             while not self._stop.is_set():
                 try:
-                    listening = self.signals.listen(self.channel)
-                    if listening is None:
+                    subscription = self.signals.subscribe(self.channel)
+                    if subscription is None:
                         self._sweep(here=False)  # whatever waited while no worker ran
                         while not self._stop.wait(self.sweep_interval):
                             self._sweep(here=False)
                     else:
                         try:
-                            self._listen(listening)
+                            self._follow(subscription)
                         finally:
-                            listening.close()
+                            subscription.close()
                 except Exception:
                     logger.warning("drain waker failed; retrying in a second", exc_info=True)
                     self._stop.wait(1.0)
@@ -104,17 +104,17 @@ class DrainWaker(Middleware):
             if not self.database.is_closed():
                 self.database.close()
 
-    def _listen(self, listening: Listening) -> None:
-        leading = self.drains_here and listening.try_lock(self.channel)
+    def _follow(self, subscription: Subscription) -> None:
+        leading = self.drains_here and subscription.try_lock(self.channel)
         self._wake(here=True)  # anything committed before LISTEN took effect
         while not self._stop.is_set():
-            if listening.wait(self.sweep_interval):
+            if subscription.wait(self.sweep_interval):
                 if not leading:
                     self._stop.wait(FOLLOWER_DELAY)
-                listening.wait(0)  # coalesce: what arrived meanwhile is this wake-up
+                subscription.wait(0)  # coalesce: what arrived meanwhile is this wake-up
                 self._wake(here=True)
             else:
-                leading = leading or (self.drains_here and listening.try_lock(self.channel))
+                leading = leading or (self.drains_here and subscription.try_lock(self.channel))
                 self._sweep(here=True)
 
     def _sweep(self, *, here: bool) -> None:

@@ -2,6 +2,7 @@
 
 WarehouseError
 ├── InvalidSkuError                    a SKU that is not 1-64 of [A-Za-z0-9._-]
+├── InvalidBodyError                   a command's body is not {"quantity": N}
 ├── InvalidQuantityError               not an integer from 1 to 2^31-1
 ├── InsufficientQuantityOnHandError    shipping more than is on hand
 └── StockLimitExceededError            stock would pass 2^63-1
@@ -16,6 +17,10 @@ class WarehouseError(Exception):
 
 class InvalidSkuError(WarehouseError):
     title = "Invalid SKU."
+
+
+class InvalidBodyError(WarehouseError):
+    title = "Invalid body."
 
 
 class InvalidQuantityError(WarehouseError):

@@ -9,8 +9,7 @@ from typing import Any, ClassVar
 import falcon
 import peewee
 
-from cqrs_warehouse.messaging import Handler, Message, Model, Outbox, Statement
-from cqrs_warehouse.messaging.consistency import encode_token
+from cqrs_warehouse.messaging import Handler, Message, Model, Outbox, Statement, encode_token
 from cqrs_warehouse.settings import number, variable
 from cqrs_warehouse.slices import Route, SliceContext
 from cqrs_warehouse.web.openapi import READ_YOUR_WRITES, error_response

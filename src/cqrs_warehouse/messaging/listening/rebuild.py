@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ..archive import ArchivedMessage
 from ..envelope import envelope_from_record
 from ..errors import RebuildError
+from ..message import routing_key_for
 from ..routing import ListenerSpec
 from ..storage.positions import Snapshot
 from .engine import Engine
@@ -104,7 +105,7 @@ def _replay(
     envelopes = [
         envelope_from_record(row)
         for row in rows
-        if spec.accepts(f"{row.type}.v{row.schema_version}")
+        if spec.accepts(routing_key_for(row.type, row.schema_version))
     ]
     report.skipped += len(rows) - len(envelopes)
     if not envelopes:

@@ -70,7 +70,7 @@ def worker_process_index() -> int | None:
     return int(match.group(1)) - 1 if match else None
 
 
-class _Deliveries(MessageProxy):
+class _Batch(MessageProxy):
     """One Dramatiq message standing for one or more RabbitMQ deliveries."""
 
     def __init__(self, redelivered: bool, tags: list[int], message: dramatiq.Message) -> None:
@@ -140,7 +140,7 @@ class ListenerConsumer(_RabbitmqConsumer):
             message_id=first if len(envelopes) == 1 else f"{first}+{len(envelopes) - 1}",
         )
         self.known_tags.update(tags)
-        deliveries = _Deliveries(redelivered, tags, message)
+        deliveries = _Batch(redelivered, tags, message)
         if self.in_place is None:
             return deliveries
         self.in_place.process(deliveries)
@@ -160,16 +160,16 @@ class ListenerConsumer(_RabbitmqConsumer):
         return bool(self.channel.get_waiting_message_count())
 
     def ack(self, message: Any) -> None:
-        if not isinstance(message, _Deliveries):
+        if not isinstance(message, _Batch):
             return super().ack(message)
         self._settle(message, partial(self._ack_tags, message.tags))
 
     def nack(self, message: Any) -> None:
-        if not isinstance(message, _Deliveries):
+        if not isinstance(message, _Batch):
             return super().nack(message)
         self._settle(message, partial(self._nack_tags, message.tags))
 
-    def _settle(self, message: _Deliveries, action: Any) -> None:
+    def _settle(self, message: _Batch, action: Any) -> None:
         if not set(message.tags) <= self.known_tags:
             # Delivered on a connection since replaced: RabbitMQ redelivers them.
             self.logger.warning(

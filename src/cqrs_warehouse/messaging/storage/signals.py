@@ -18,7 +18,7 @@ from playhouse.db_url import connect as connect_url
 from ..errors import DatabaseUnavailableError
 
 
-class Listening:
+class Subscription:
     """A connection of its own that LISTENs on a channel."""
 
     def wait(self, timeout: float) -> list[str]:
@@ -38,7 +38,7 @@ class Listening:
 class Signals:
     """No signals: each process relies on its own wake-ups."""
 
-    def listen(self, channel: str) -> Listening | None:
+    def subscribe(self, channel: str) -> Subscription | None:
         return None
 
     def notify(self, database: Any, channel: str, payload: str) -> None:
@@ -49,18 +49,18 @@ class PostgresSignals(Signals):
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
 
-    def listen(self, channel: str) -> Listening:
-        return _PostgresListening(self.database_url, channel)
+    def subscribe(self, channel: str) -> Subscription:
+        return _PostgresSubscription(self.database_url, channel)
 
     def notify(self, database: Any, channel: str, payload: str) -> None:
         # Sent with the COMMIT, like the notification itself.
         database.execute_prepared("SELECT pg_notify(%s, %s)", (channel, payload), defer=True)
 
 
-class _PostgresListening(Listening):
+class _PostgresSubscription(Subscription):
     def __init__(self, database_url: str, channel: str) -> None:
         # Outside peewee's per-thread connection: LISTEN needs autocommit and
-        # lives as long as the listening loop.
+        # lives as long as the subscription.
         self._database = connect_url(database_url)
         try:
             self._connection = self._database.connection()

@@ -10,11 +10,10 @@ from collections.abc import Callable
 
 import falcon
 
-from cqrs_warehouse.messaging import Message
-from cqrs_warehouse.messaging.consistency import encode_token
+from cqrs_warehouse.messaging import Message, encode_token
 from cqrs_warehouse.web.validation import BodyValidator
 
-from ..errors import InvalidQuantityError
+from ..errors import InvalidBodyError, InvalidQuantityError, WarehouseError
 
 
 class QuantityCommandResource:
@@ -30,7 +29,11 @@ class QuantityCommandResource:
         body = req.get_media()
         problems = self.body.errors(body)
         if problems:
-            raise InvalidQuantityError(
+            # Only "quantity" may be wrong in a body otherwise right.
+            error: type[WarehouseError] = InvalidQuantityError
+            if not isinstance(body, dict) or set(body) - {"quantity"}:
+                error = InvalidBodyError
+            raise error(
                 'the body must be {"quantity": N} with N an integer from 1 to 2147483647: '
                 + "; ".join(problems)
             )
