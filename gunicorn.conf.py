@@ -64,9 +64,9 @@ class _ServiceLogger(glogging.Logger):
     """gunicorn's logger, its lines formatted by ``_logconfig()``.
 
     Not through the ``logconfig_dict`` setting: gunicorn counts any logging
-    configuration as an access log, and then builds the access-log fields of
-    every request (about a tenth of the API's CPU in bench/profiles) and
-    writes a line the service already writes itself (web.py). Here only
+    configuration as an access log, and would build the access-log fields of
+    every request and write a line the service writes itself
+    (docs/decisions/0016-gunicorn-logger-class.md). Here only
     GUNICORN_ACCESS_LOG turns access lines on (in the service's format, on
     stderr). ``setup`` runs again on a configuration reload (SIGHUP), which
     keeps the format.

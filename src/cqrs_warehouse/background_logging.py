@@ -1,11 +1,8 @@
-"""Log lines written by a thread of their own, many per write. Used by worker.py.
+"""Log lines written by a thread of their own, many per write. Used by ``worker_setup``.
 
-A worker process logs a line per message published and per message applied,
-thousands a second. Written one by one, each line is a system call (a pipe
-write: Dramatiq's worker processes log through a pipe to their parent), and
-each system call hands the GIL over: the thread that made it then waits for
-the busy listener threads to give it back, milliseconds under load. Measured
-on the drain: most of its time went to writing its "published" lines.
+A worker process logs a line per message published and per message applied;
+written one by one, each line is a system call that hands the GIL over
+(docs/decisions/0009-background-log-writer.md).
 
 ``BackgroundWriter`` takes a handler's place: the line is formatted in the
 thread that logs (so the context fields and filters see that thread), queued

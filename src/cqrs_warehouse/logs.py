@@ -70,9 +70,8 @@ def configure(level: int = logging.INFO) -> None:
         )
     else:
         formatter = _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # No format here shows where a line was logged from: logging then does
-    # not walk the stack for it on every line (the logging HOWTO's
-    # "Optimization"). Listeners log a line per message.
+    # No format here shows where a line was logged from: logging need not
+    # walk the stack for it on every line (the logging HOWTO's "Optimization").
     logging._srcfile = None
     for handler in root.handlers:
         handler.setFormatter(formatter)

@@ -40,7 +40,7 @@ def create_app(runtime: Runtime) -> falcon.App:
         ]
     )
     # Falcon's default JSON handler builds a json.JSONEncoder per response;
-    # this one is built once and writes the same bytes.
+    # this one is built once and writes the same bytes (docs/decisions/0015).
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(
         dumps=_JSON_ENCODER.encode
     )

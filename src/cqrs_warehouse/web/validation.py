@@ -39,9 +39,9 @@ class BodyValidator:
 def _plain_check(schema: dict[str, Any]) -> Callable[[Any], bool] | None:
     """A plain-Python test that accepts only what ``schema`` accepts, for
     schemas written with the few keywords of an object of bounded integers;
-    None for any other schema. jsonschema spends tens of microseconds on a
-    body, the largest share of a command resource's CPU: bodies this test
-    accepts skip it. It never refuses: jsonschema decides the others and says why.
+    None for any other schema. Bodies this test accepts skip jsonschema, the
+    largest share of a command resource's CPU (docs/decisions/0015); it never
+    refuses: jsonschema decides the others and says why.
     """
     if (
         set(schema) - {"type", "properties", "required", "additionalProperties"}

@@ -121,10 +121,9 @@ class Engine:
             except Exception:
                 self.metrics.count_outcome(spec.name, "retried")
                 raise
-            # Committed: what is left (the metrics, the log line, Dramatiq's
-            # middleware, the ack) is on no message's way to its listeners,
-            # while the process's other consumer threads may each hold a
-            # delivery of the same command: let them go first.
+            # Committed: let the process's other consumer threads, which may
+            # hold a delivery of the same command, go before what is left
+            # (docs/decisions/0014-yield-after-commit.md).
             time.sleep(0)
             self.metrics.count_outcome(spec.name, str(outcome))
             logger.info("listener %s: %s (attempt %d)", spec.name, outcome, attempt)
