@@ -18,40 +18,53 @@ and then holds it to the delivery guarantees, per SKU:
   is recorded once per listener;
 - nothing lost: the outbox is empty, nothing is held, every accepted
   command's event was applied, and no dead letters but the expected ones.
+
+Everything is read through the models, bound to the installation's database
+(``with installation.reading():``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
-
-import peewee
+from typing import Any, Protocol
 
 from cqrs_warehouse.messaging.archive import ArchivedMessage
 from cqrs_warehouse.messaging.consistency import decode_token
 from cqrs_warehouse.messaging.dead_letters import DeadLetter
-from cqrs_warehouse.messaging.listener_state import HeldMessage, ProcessedMessage, StreamPosition
-from cqrs_warehouse.messaging.outbox import OutboxRecord
+from cqrs_warehouse.messaging.errors import InvalidConsistencyTokenError, TransientStorageError
+from cqrs_warehouse.messaging.inprocess import Delivery
 from cqrs_warehouse.messaging.schemas import SchemaRegistry
-from cqrs_warehouse.messaging.testing import WatchedMessage, eventually
-from cqrs_warehouse.messaging.transport import Delivery
+from cqrs_warehouse.messaging.storage.models import (
+    HeldMessage,
+    OutboxRecord,
+    ProcessedMessage,
+    StreamPosition,
+)
+from cqrs_warehouse.runtime import Runtime
 from cqrs_warehouse.warehouse.commands import ProductStock
 from cqrs_warehouse.warehouse.processors.low_quantity import NotifierProduct
 from cqrs_warehouse.warehouse.views.products import ProductView
-from tests.conftest import SCHEMAS
 from tests.faults.load import INSUFFICIENT, Attempt
 from tests.faults.report import CaseReport
+from tests.slices.recorders import WatchedMessage
+from tests.support.waiting import eventually
 
 INCREASED = "Warehouse.Events.ProductQuantityIncreased"
 SHIPPED = "Warehouse.Events.ProductQuantityShipped"
 NOTIFIED = "Warehouse.Events.NotifiedLowProductQuantity"
 EVENT_OF_ACTION = {"increase": INCREASED, "ship": SHIPPED}
 THRESHOLD = 5
-CONNECTION_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
+
+
+class Readable(Protocol):
+    """An installation (tests/support/installation.py), or anything else whose
+    ``reading()`` binds the models to its database, in a connection."""
+
+    def reading(self) -> AbstractContextManager[Runtime]: ...
 
 
 @dataclass(frozen=True)
@@ -82,23 +95,20 @@ class State:
     archived_ids: set[str]
 
 
-def read_state(db: peewee.Database, *, source: str = "watcher") -> State:
+def read_state(installation: Readable, *, source: str = "watcher") -> State:
     """Read everything, or raise AssertionError while the database is unreachable.
 
     ``source`` names where the published messages are read: the ``watcher``
     listener's table, or the ``archive`` (the embedded default has no watcher).
     """
     try:
-        with db.connection_context():
-            return _read_state(source)
-    except CONNECTION_ERRORS as error:
-        if not db.is_closed():
-            with contextlib.suppress(Exception):
-                db.close()
+        with installation.reading() as runtime:
+            return _read_state(runtime.registry, source)
+    except TransientStorageError as error:
         raise AssertionError(f"the database is unreachable: {error!r}") from error
 
 
-def _read_state(source: str) -> State:
+def _read_state(registry: SchemaRegistry, source: str) -> State:
     correlation = {
         row.message_id: row.correlation_id
         for row in ArchivedMessage.select(
@@ -119,7 +129,6 @@ def _read_state(source: str) -> State:
             for r in rows
         ]
     else:
-        registry = SchemaRegistry(SCHEMAS)
         rows = ArchivedMessage.select().order_by(ArchivedMessage.id)
         events = [
             Event(
@@ -296,7 +305,7 @@ def verify(
                 or event.stream != command.sku
             ):
                 problem(f"accepted {command} answered with message {event}")
-            if decode_token(str(body.get("consistency_token"))) != (event.stream, event.position):
+            if _token(body.get("consistency_token")) != (event.stream, event.position):
                 problem(f"accepted {command}: token {body.get('consistency_token')} but {event}")
             if event.message_id in explained:
                 problem(f"two accepted commands answered with message {event.message_id}")
@@ -331,13 +340,20 @@ def verify(
     return verdict
 
 
+def _token(token: Any) -> tuple[str, int] | None:
+    try:
+        return decode_token(str(token))
+    except InvalidConsistencyTokenError:
+        return None
+
+
 def _short(values: Sequence[Any], limit: int = 30) -> str:
     text = ", ".join(map(str, values[:limit]))
     return f"[{text}{', ...' if len(values) > limit else ''}] ({len(values)})"
 
 
 def assert_converged(
-    db: peewee.Database,
+    installation: Readable,
     *,
     skus: Iterable[str],
     attempts: Callable[[], Sequence[Attempt]] | Sequence[Attempt],
@@ -351,7 +367,7 @@ def assert_converged(
     skus = list(skus)
 
     def check() -> tuple[State, Verdict]:
-        state = read_state(db, source=source)
+        state = read_state(installation, source=source)
         verdict = verify(
             state,
             skus=skus,

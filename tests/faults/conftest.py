@@ -8,15 +8,17 @@ after every test.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import PostgresDatabases
-from tests.faults.installation import FaultInstallation, running_installation
+from tests.faults.installation import FaultInstallation
 from tests.faults.report import REPORTS, CaseReport, render
 from tests.faults.services import ensure_services_running
+from tests.support.services import Postgres, ServiceMissing, require_rabbitmq
 
 StartInstallation = Callable[..., FaultInstallation]
 
@@ -29,30 +31,53 @@ def _services_left_running() -> Iterator[None]:
 
 @pytest.fixture
 def start_installation(
-    request: pytest.FixtureRequest,
-    postgres_databases: PostgresDatabases,
-    tmp_path: Path,
+    request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path
 ) -> Iterator[StartInstallation]:
-    """``start_installation(name, web_workers=2, worker_env={})``: a running service."""
+    """``start_installation(name, web_workers=2, worker_module=..., worker_env={})``:
+    gunicorn and `dramatiq -p 2 -t 4` running on a new database and queue prefix,
+    with the watcher bound to "#"; everything stopped and deleted afterwards."""
     with contextlib.ExitStack() as stack:
 
         def start(
-            name: str, *, web_workers: int = 2, worker_env: dict[str, str] | None = None
+            name: str,
+            *,
+            web_workers: int = 2,
+            worker_module: str = "cqrs_warehouse.worker",
+            worker_env: Mapping[str, str] = {},
         ) -> FaultInstallation:
-            workdir = tmp_path / name
-            workdir.mkdir()
-            return stack.enter_context(
-                running_installation(
-                    request,
-                    postgres_databases,
-                    workdir,
-                    name=name,
-                    web_workers=web_workers,
-                    worker_env=worker_env,
-                )
+            try:
+                require_rabbitmq()
+            except ServiceMissing as error:
+                pytest.fail(str(error))
+            installation = FaultInstallation.create(
+                postgres, tmp_path / name, name=f"fault_{name}", settings={"LOG_FORMAT": "json"}
             )
+            assert isinstance(installation, FaultInstallation)
+            stack.callback(_close, request, installation, request.session.testsfailed)
+            installation.start_api(workers=web_workers)
+            installation.start_fault_workers(module=worker_module, env=worker_env)
+            return installation
 
         yield start
+
+
+def _close(request: pytest.FixtureRequest, installation: FaultInstallation, failed: int) -> None:
+    try:
+        ensure_services_running()
+    finally:
+        if request.session.testsfailed > failed:
+            _print_logs(request, f"service logs of {installation!r}", installation.logs())
+        installation.close()
+
+
+def _print_logs(request: pytest.FixtureRequest, title: str, text: str) -> None:
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        # The last part of each log is what tells the story; keep the output bounded.
+        limit = 60_000
+        if len(text) > limit:
+            text = "[...]\n" + text[-limit:]
+        sys.stderr.write(f"\n===== {title} =====\n{text}\n")
 
 
 @pytest.fixture
@@ -72,7 +97,7 @@ _REPORT_KEY = pytest.StashKey[CaseReport]()
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     case = item.stash.get(_REPORT_KEY, None)
     if case is not None and report.when == "call":

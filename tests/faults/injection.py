@@ -1,8 +1,9 @@
 """Publishing messages straight to RabbitMQ, the way the drain does, for the
 duplicate, reorder and poison cases.
 
-A well-formed message is built as an (unsaved) OutboxRecord and sent with
-the transport's own AMQP properties (``transport._properties``): the Avro
+A well-formed message is built as an outbox row (``OutboxRow``, what the
+drain takes) and sent with the publisher's own AMQP properties
+(``messaging.rabbitmq.wire.properties_of``): the Avro
 binary body, content type application/avro, type, message_id, correlation_id
 and the schema_version/stream/position/predecessors headers. Poison messages
 take the same shape with something wrong in it.
@@ -10,7 +11,6 @@ take the same shape with something wrong in it.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,14 +20,16 @@ import pika
 
 from cqrs_warehouse.messaging.archive import ArchivedMessage
 from cqrs_warehouse.messaging.message import routing_key_for
-from cqrs_warehouse.messaging.outbox import OutboxRecord
-from cqrs_warehouse.messaging.transport import AVRO_CONTENT_TYPE, _properties
-from tests.conftest import BROKER_URL
+from cqrs_warehouse.messaging.rabbitmq.wire import AVRO_CONTENT_TYPE, properties_of
+from cqrs_warehouse.messaging.storage.models import OutboxRecord
+from cqrs_warehouse.messaging.storage.outbox import OutboxRow
+from tests.support.services import BROKER_URL
 
 
-def record_from_archive(row: ArchivedMessage) -> OutboxRecord:
+def record_from_archive(row: ArchivedMessage) -> OutboxRow:
     """An already delivered message, as the outbox held it."""
-    return OutboxRecord(
+    return OutboxRow(
+        id=0,
         message_id=row.message_id,
         type=row.type,
         schema_version=row.schema_version,
@@ -39,9 +41,10 @@ def record_from_archive(row: ArchivedMessage) -> OutboxRecord:
     )
 
 
-def copy_of(record: OutboxRecord) -> OutboxRecord:
+def copy_of(record: OutboxRecord) -> OutboxRow:
     """A detached copy of an outbox row (read it before the drain deletes it)."""
-    return OutboxRecord(
+    return OutboxRow(
+        id=int(record.id),
         message_id=record.message_id,
         type=record.type,
         schema_version=record.schema_version,
@@ -111,7 +114,7 @@ class Publisher:
         if self.connection.is_open:
             self.connection.close()
 
-    def records(self, records: Iterable[OutboxRecord], *, queue: str | None = None) -> int:
+    def records(self, records: Iterable[OutboxRow], *, queue: str | None = None) -> int:
         """Publish ``records`` to the exchange, or straight to ``queue``."""
         count = 0
         for record in records:
@@ -119,7 +122,7 @@ class Publisher:
                 exchange="" if queue else self.exchange,
                 routing_key=queue or routing_key_for(record.type, record.schema_version),
                 body=bytes(record.payload),
-                properties=_properties(record),
+                properties=properties_of(record),
             )
             count += 1
         return count
@@ -148,7 +151,3 @@ class Publisher:
             mandatory=True,
         )
         self.sent += 1
-
-
-def describe(record: OutboxRecord) -> str:
-    return json.dumps([record.type.rsplit(".", 1)[-1], record.stream, record.position])

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
 import pika.exceptions
 import pytest
 
-from tests.conftest import BROKER_URL
+from tests.support.services import BROKER_URL
+from tests.support.waiting import eventually
 
 POSTGRES_CLUSTER = "main"
 _DEADLINE = 90.0
@@ -135,10 +136,8 @@ def ensure_services_running() -> None:
         _wait_until(rabbitmq_accepts_connections, "RabbitMQ to accept connections")
 
 
-def _wait_until(condition: object, what: str, timeout: float = _DEADLINE) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)  # polling interval, bounded by the deadline above
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = _DEADLINE) -> None:
+    def holds() -> None:
+        assert condition(), f"still waiting for {what} after {timeout} s"
+
+    eventually(holds, timeout=timeout, interval=0.2)

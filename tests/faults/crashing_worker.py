@@ -1,0 +1,45 @@
+"""`dramatiq tests.faults.crashing_worker`: the service's worker whose drain crashes
+between publish and delete.
+
+Each worker process SIGKILLs itself right after the broker confirmed its
+drain's Nth batch (N: FAULT_KILL_AFTER_PUBLISH), before the drain's
+transaction, which deletes the batch's rows, commits: the rows come back and
+are published again. Started by the fault suite with
+``Installation.start_workers(module="tests.faults.crashing_worker", env=...)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cqrs_warehouse.messaging.drain import Publisher
+from cqrs_warehouse.messaging.storage.outbox import OutboxRow
+from cqrs_warehouse.worker_setup import worker_broker
+
+KILL_AFTER = int(os.environ["FAULT_KILL_AFTER_PUBLISH"])
+
+
+class KillAfterPublish:
+    """The drain's publisher, with this process SIGKILLed after its ``kill_after``th
+    confirmed batch."""
+
+    def __init__(self, publisher: Publisher, kill_after: int) -> None:
+        self.publisher = publisher
+        self.kill_after = kill_after
+        self.batches = itertools.count(1)
+
+    def publish(self, rows: Sequence[OutboxRow]) -> Callable[[], None] | None:
+        after_commit = self.publisher.publish(rows)  # returns once the broker confirmed
+        if next(self.batches) >= self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return after_commit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.publisher, name)
+
+
+broker = worker_broker(wrap_publisher=lambda publisher: KillAfterPublish(publisher, KILL_AFTER))
