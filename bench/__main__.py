@@ -8,9 +8,11 @@ import signal
 import sys
 from pathlib import Path
 
+from .context import log
 from .knobs import DEFAULT, QUICK
-from .report import rows, text_table
-from .suite import log, run_suite
+from .report import render, text_table
+from .results import rows
+from .suite import run_suite
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -59,8 +61,6 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
     output = args.output or (None if args.quick or args.only else RESULTS)
     if output is not None:
-        from .results_md import render
-
         report = render(ctx, environment, results, table, main=output.resolve() == RESULTS)
         output.write_text(report, encoding="utf-8")
         log(f"wrote {output}")

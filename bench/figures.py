@@ -1,4 +1,5 @@
-"""What each figure is called, its unit, its same-run baseline and its target.
+"""What each figure is called, its unit, its same-run baseline and its target,
+and how each is measured (``method``, the section of RESULTS.md).
 
 Scenarios return figures by key; this is the one place that says how they
 are reported. A ratio is the service figure's median over its baseline's
@@ -11,6 +12,8 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .knobs import Knobs
 
 
 @dataclass(frozen=True)
@@ -226,3 +229,77 @@ def fmt(value: float | None, digits: int = 0) -> str:
     if math.isinf(value):
         return "inf"
     return f"{value:,.{digits}f}"
+
+
+def method(k: Knobs, fan_out: int) -> str:
+    """RESULTS.md's "How each figure is measured", for knobs ``k`` and ``fan_out`` listeners."""
+    return f"""## How each figure is measured
+
+- **Processes**: the API is `gunicorn -c gunicorn.conf.py` with
+  WEB_CONCURRENCY={k.web_concurrency} and GUNICORN_THREADS={k.gunicorn_threads}; the workers are
+  `dramatiq cqrs_warehouse.worker -p {k.worker_processes} -t {k.worker_threads}` (dramatiq's
+  defaults on 2 cores); LOG_FORMAT=json to a file; each run has a fresh database (a copy of
+  a migrated template) and its own QUEUE_PREFIX, removed afterwards. Baselines use the same
+  gunicorn.conf.py and process layout.
+- **Load generator** (bench/loadgen.py): its own process, HTTP/1.1 keep-alive over raw asyncio
+  streams (a client library would take far more CPU from the server on 2 cores; its own CPU
+  share is recorded as `client_cpu`). Commands: half increases, half shipments of 1-3 units
+  over {k.skus} SKUs seeded with a large stock (no shipment fails, the low-quantity notifier
+  never fires).
+- **Commands/s**: the API alone (workers stopped, so the outbox just fills), {k.http_connections}
+  closed-loop clients, {k.http_warmup:g} s warm-up, {k.http_window:g} s window, only 200 answers
+  counted. Bare Falcon: the same routes, one peewee insert+commit per POST, no validation,
+  logging, metrics or outbox.
+- **Sustained deliveries/s**: API + workers together, {k.e2e_connections} closed-loop clients
+  (as many as for the API alone, so that the machine, not the clients, is the bound: the lag
+  shows whether the listeners keep up), {k.e2e_warmup:g} s warm-up, then the
+  growth over {k.e2e_window:g} s of the sum over listeners and SKUs of
+  messaging_stream_positions.position (each unit is one delivery applied). The lag is the
+  events committed (sum of warehouse_product_stock.version) minus the slowest listener's sum at
+  the window's end. Bare Dramatiq actor: {k.bare_actor_messages:,} messages enqueued before
+  its workers start, rate between 10 % and 90 % applied.
+- **Latency**: measured twice, with the default worker layout and with `-t
+  {k.latency_worker_threads}` (fewer threads per worker process; the table shows the slowest
+  listener for it). After a CHECKPOINT (earlier scenarios' writes flushed),
+  {k.latency_rate:g} commands/s for {k.latency_warmup:g} s of warm-up, not measured, then
+  {k.latency_duration:g} s measured, open loop (a slow answer does not delay the next send),
+  over {k.latency_skus} SKUs in turn, so each SKU's
+  positions are known. A trigger added only in the benchmark database on
+  messaging_stream_positions runs `pg_notify` when a listener's position advances; a thread
+  of the suite LISTENs on its own connection and timestamps each notification as it arrives
+  (it is delivered when the listener's transaction commits). Latency = first notification of
+  that listener and SKU at or past the command's position, minus the time the load generator
+  read the 200 answer; both clocks are CLOCK_MONOTONIC. Resolution: probe notifications sent
+  from another connection before each run arrive within the "method's own delay" shown in the
+  table (median, an upper bound), well below the targets. Two hops on the way are timed the
+  same way: RabbitMQ's delivery of the event to a probe queue of the suite's (not durable,
+  bound with `#`; its consumer timestamps each delivery), and the drain's commit (a trigger on
+  the outbox's DELETE). The floor, measured the same way
+  with the same load: the bare chain (bench/baselines/bare_chain.py), the bare Falcon app's
+  insert+commit whose trigger NOTIFYs a relay process, which publishes a persistent message
+  in confirm mode to a fanout exchange with one durable queue per listener, and
+  {fan_out} bare pika consumers, one thread each, doing one upsert+commit
+  per message before the ack. The latency rows' ratio is the service's over the floor's
+  slowest listener. "Cores busy" is the machine's CPU time (user, system, interrupts; not
+  time stolen by a hypervisor) over the load's wall time and the number of cores, for the
+  service's load and the floor's: a fixed rate's latency stays near its floor only while
+  the machine has cores to spare.
+- **Backlog**: the events are written by the service's own commands, in-process
+  (bench/fill_outbox.py: `cqrs_warehouse.runtime.build` + the warehouse's commands, 500 to a
+  transaction, {k.backlog_fill_parts} processes side by side) into a template database once per
+  suite run; each run copies it (CREATE DATABASE ... TEMPLATE). Consecutive events belong to
+  different SKUs ({k.skus}). Timed from starting the workers to every listener having applied
+  every event; a run stops at {k.backlog_deadline_large_s:g} s ({k.backlog_deadline_small_s:g} s
+  for the small one) and then reports the time projected from the slowest listener's rate over
+  the run's second half. RSS is sampled every 0.2 s for each dramatiq process holding an AMQP
+  connection (the worker processes, not their parent nor the Prometheus fork); the drain rate
+  is the outbox's row count going down.
+- **Raw AMQP**: a durable topic exchange bound to {fan_out} durable queues
+  (the listeners' fan-out; the server's default queue version, as the service declares them),
+  persistent messages with the drain's properties;
+  {k.amqp_single_messages:,} messages with pika's BlockingChannel in confirm mode (a round
+  trip each), then {k.amqp_batched_messages:,} published {k.amqp_batch} at a time with one wait
+  for their confirms per batch (pika's SelectConnection), then the same in one AMQP
+  transaction per batch (`tx_select`/`tx_commit`).
+- **Runs**: the scenarios are interleaved (run 1 of each, then run 2 ...), so that a busy
+  moment of the shared machine is spread over the service and its baselines."""

@@ -1,9 +1,12 @@
-"""PostgreSQL databases and RabbitMQ queues the suite creates, and their removal.
+"""What the suite needs of PostgreSQL and RabbitMQ beyond tests/support: its
+servers (127.0.0.1 only), this run's tag and the final sweep of its names,
+the servers' versions and settings, and the memory of the processes it runs.
 
-Every name the suite creates starts with one tag per suite run
-(``bench_<hex>``), so the final sweep removes exactly what this run made.
-Only servers on 127.0.0.1 are accepted: the suite puts load on whatever it
-is pointed at.
+Databases are made and dropped by ``tests.support.services.Postgres`` and
+broker names deleted by ``delete_from_broker``; every name the suite
+creates starts with one tag per suite run (``bench_<hex>``), so the final
+sweep removes exactly what this run made. Only servers on 127.0.0.1 are
+accepted: the suite puts load on whatever it is pointed at.
 """
 
 from __future__ import annotations
@@ -12,16 +15,21 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import pika
-import pika.exceptions
-import psycopg2
-import psycopg2.extensions
+import psutil
+from tests.support.services import (
+    Postgres,
+    ServiceMissing,
+    delete_from_broker,
+    require_rabbitmq,
+)
+from tests.support.waiting import eventually
 
 logger = logging.getLogger(__name__)
 
@@ -42,96 +50,60 @@ def new_tag() -> str:
     return f"bench_{uuid.uuid4().hex[:8]}"
 
 
-class Postgres:
-    """Creates and drops the suite's databases through an admin connection."""
-
-    def __init__(self, admin_url: str = POSTGRES_URL) -> None:
-        self.admin_url = require_local(admin_url)
-        self.created: list[str] = []
-
-    def url(self, database: str) -> str:
-        parts = urllib.parse.urlsplit(self.admin_url)
-        return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
-
-    def connect(self, database: str | None = None) -> psycopg2.extensions.connection:
-        connection = psycopg2.connect(self.url(database) if database else self.admin_url)
-        connection.autocommit = True
-        return connection
-
-    def execute(self, database: str, statement: str) -> None:
-        connection = self.connect(database)
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(statement)
-        finally:
-            connection.close()
-
-    def create(self, name: str, *, template: str | None = None) -> str:
-        """Create database ``name`` (a copy of ``template`` if given); returns its URL."""
-        statement = f'CREATE DATABASE "{name}"'
-        if template:
-            # A file-level copy: far faster than writing a backlog again.
-            statement += f' TEMPLATE "{template}"'
-        with self._admin() as cursor:
-            # One of this run's names, left by an attempt that failed half-way.
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            cursor.execute(statement)
-        self.created.append(name)
-        return self.url(name)
-
-    def drop(self, name: str) -> None:
-        with self._admin() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if name in self.created:
-            self.created.remove(name)
-
-    def drop_all(self, tag: str) -> None:
-        """Drop every database whose name starts with ``tag`` (those this suite run made,
-        including any a crash left untracked)."""
-        with self._admin() as cursor:
-            cursor.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (tag,))
-            names = {row[0] for row in cursor.fetchall()}
-        for name in sorted(names | set(self.created), reverse=True):
-            try:
-                self.drop(name)
-            except psycopg2.Error as error:
-                logger.warning("could not drop database %s: %s", name, error)
-
-    def settings(self, names: tuple[str, ...]) -> dict[str, str]:
-        with self._admin() as cursor:
-            cursor.execute(
-                "SELECT name, setting || COALESCE(unit, '') FROM pg_settings WHERE name = ANY(%s)",
-                (list(names),),
-            )
-            return dict(cursor.fetchall())
-
-    def server_version(self) -> str:
-        with self._admin() as cursor:
-            cursor.execute("SHOW server_version")
-            return str(cursor.fetchone()[0])
-
-    @contextmanager
-    def _admin(self) -> Iterator[psycopg2.extensions.cursor]:
-        # PostgreSQL is shared: others may restart it. Wait for it to come back
-        # rather than leave this run's databases behind.
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                connection = self.connect()
-                break
-            except psycopg2.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
-        try:
-            with connection.cursor() as cursor:
-                yield cursor
-        finally:
-            connection.close()
+def postgres() -> Postgres:
+    """The PostgreSQL the suite makes its databases in (BENCH_POSTGRES_URL)."""
+    return Postgres(require_local(POSTGRES_URL))
 
 
 def broker_parameters(url: str = BROKER_URL) -> pika.URLParameters:
     return pika.URLParameters(require_local(url))
+
+
+def execute(server: Postgres, database: str, statement: str) -> None:
+    """``statement`` in ``database``, autocommit."""
+    connection = server.connect(database)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+def _query(server: Postgres, statement: str, params: tuple = ()) -> list[tuple]:
+    connection = server.connect()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+def server_version(server: Postgres) -> str:
+    return str(_query(server, "SHOW server_version")[0][0])
+
+
+def server_settings(server: Postgres, names: tuple[str, ...]) -> dict[str, str]:
+    return dict(
+        _query(
+            server,
+            "SELECT name, setting || COALESCE(unit, '') FROM pg_settings WHERE name = ANY(%s)",
+            (list(names),),
+        )
+    )
+
+
+def sweep_databases(server: Postgres, tag: str) -> None:
+    """Drop every database whose name starts with ``tag`` (those this suite run
+    made, including any a crash left untracked)."""
+    listed = _query(
+        server, "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (tag,)
+    )
+    for name in sorted({row[0] for row in listed} | set(server.created), reverse=True):
+        try:
+            server.drop(name)
+        except Exception as error:
+            logger.warning("could not drop database %s: %s", name, error)
 
 
 def rabbitmq_version(url: str = BROKER_URL) -> str:
@@ -145,37 +117,17 @@ def rabbitmq_version(url: str = BROKER_URL) -> str:
         connection.close()
 
 
-def wait_for_servers(url: str = BROKER_URL, timeout: float = 120) -> None:
+def wait_for_servers(server: Postgres, url: str = BROKER_URL, timeout: float = 120) -> None:
     """Until PostgreSQL and RabbitMQ both accept connections again."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def up() -> None:
         try:
-            Postgres().connect().close()
-            pika.BlockingConnection(broker_parameters(url)).close()
-            return
-        except (psycopg2.OperationalError, pika.exceptions.AMQPError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
+            server.connect().close()
+            require_rabbitmq(url)
+        except ServiceMissing as error:
+            raise AssertionError(str(error)) from error
 
-
-def service_queue_names(prefix: str, listeners: Iterable[str]) -> list[str]:
-    """The queues one installation of the service declares (and Dramatiq's delay/dead ones)."""
-    names = [*listeners, "outbox_drain"]
-    return [f"{prefix}{name}{suffix}" for name in names for suffix in ("", ".DQ", ".XQ")]
-
-
-def delete_queues(queues: Iterable[str], exchanges: Iterable[str] = (), url: str = BROKER_URL):
-    """Delete ``queues`` and ``exchanges`` (missing ones are fine)."""
-    connection = pika.BlockingConnection(broker_parameters(url))
-    try:
-        channel = connection.channel()
-        for queue in queues:
-            channel.queue_delete(queue=queue)
-        for exchange in exchanges:
-            channel.exchange_delete(exchange=exchange)
-    finally:
-        connection.close()
+    eventually(up, timeout=timeout, interval=1.0)
 
 
 def sweep_broker(tag: str, url: str = BROKER_URL) -> list[str]:
@@ -204,17 +156,44 @@ def sweep_broker(tag: str, url: str = BROKER_URL) -> list[str]:
                 time.sleep(3)
         found[kind] = [name for name in listed if name.startswith(tag)]
     if found["queues"] or found["exchanges"]:
-        delete_queues(found["queues"], found["exchanges"], url)
+        delete_from_broker(found["queues"], found["exchanges"], require_local(url))
     return found["queues"] + found["exchanges"]
 
 
-def queue_depth(queue: str, url: str = BROKER_URL) -> int:
-    connection = pika.BlockingConnection(broker_parameters(url))
-    try:
-        try:
-            declared = connection.channel().queue_declare(queue=queue, passive=True)
-        except pika.exceptions.ChannelClosedByBroker:
-            return 0
-        return int(declared.method.message_count)
-    finally:
-        connection.close()
+@dataclass
+class RssSampler:
+    """Samples the resident memory of a process's descendants in the background:
+    every sample and the peak, per process id."""
+
+    pid: int
+    interval: float = 0.2
+    peaks: dict[int, int] = field(default_factory=dict)
+    samples: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                processes = psutil.Process(self.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                processes = []
+            for process in processes:
+                try:
+                    rss = process.memory_info().rss
+                except psutil.Error:
+                    continue
+                self.peaks[process.pid] = max(rss, self.peaks.get(process.pid, 0))
+                self.samples.setdefault(process.pid, []).append((now, rss))
+            self._stop.wait(self.interval)

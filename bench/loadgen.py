@@ -1,4 +1,5 @@
-"""The HTTP load generator: ``python -m bench.loadgen '<json spec>'`` prints JSON.
+"""The HTTP load generator: ``LoadRun(spec)`` runs ``python -m bench.loadgen '<json spec>'``,
+which prints its result as JSON, and reads it back.
 
 A separate process, so that its CPU is not the orchestrator's. It speaks
 HTTP/1.1 with keep-alive over asyncio streams directly: a full client library
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -238,6 +240,53 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 MODES = {"closed": closed_loop, "paced": paced, "seed": seed}
+
+
+# --- the suite's side: a load generator running in its own process ---------
+
+
+class LoadRun:
+    """A load generator running in the background; ``result()`` waits for it."""
+
+    def __init__(self, spec: dict[str, Any], *, timeout: float) -> None:
+        # Imported here: the generator's own process needs none of it.
+        from tests.support.environment import service_env
+        from tests.support.processes import ROOT
+
+        self.timeout = timeout
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen", json.dumps(spec)],
+            cwd=ROOT,
+            env=service_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def result(self) -> dict[str, Any]:
+        try:
+            out, err = self.process.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise RuntimeError(f"the load generator ran over {self.timeout:.0f} s") from None
+        if self.process.returncode != 0:
+            raise RuntimeError(f"the load generator failed:\n{err[-3000:]}")
+        return dict(json.loads(out))
+
+
+def run_load(spec: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    return LoadRun(spec, timeout=timeout).result()
+
+
+def seed_skus(port: int, prefix: str, skus: int) -> None:
+    """One large increase per SKU, so that the mixed load never ships more than there is."""
+    result = run_load(
+        {"mode": "seed", "port": port, "sku_prefix": prefix, "skus": skus}, timeout=180
+    )
+    if set(result["statuses"]) != {"200"}:
+        raise RuntimeError(f"seeding the SKUs failed: {result['statuses']}")
 
 
 def main() -> None:

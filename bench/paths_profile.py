@@ -1,8 +1,8 @@
 """A command's path and a delivery's path, one after another in one thread, by pyinstrument.
 
 ``python -m bench.paths_profile COMMANDS LOG_FILE``, run by ``bench
---profile`` with the service's environment over a freshly migrated
-database, prints its report on stdout. The service's log lines go to
+--profile`` (``profile_paths`` below) with the service's environment over a
+freshly migrated database, prints its report on stdout. The service's log lines go to
 LOG_FILE, as the services' lines go to their files in the other scenarios
 (through a pipe to the suite, each write would wait for the suite to read it).
 
@@ -19,9 +19,9 @@ times are wall times, so they include the database round trips:
    and none reaches the notifier's threshold;
 2. the events they wrote, each applied by every listener that
    listeners.yaml binds to it, as a listener actor applies one delivery
-   (``listeners.run_listener``: decoding, the claim, the handler, the
-   commit, the metrics and the log line; no pika, no Dramatiq). Nothing
-   drains the outbox: its rows are read directly.
+   (``runtime.engine.apply`` of one envelope: decoding, the claim, the
+   handler, the commit, the metrics and the log line; no pika, no
+   Dramatiq). Nothing drains the outbox: its rows are read directly.
 
 The first ``WARMUP`` commands and their deliveries run before the profiler
 starts: they open the connection and prepare the statements.
@@ -29,26 +29,27 @@ starts: they open the connection and prepare the statements.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import falcon.testing
 from pyinstrument import Profiler
 
 from cqrs_warehouse import logs
-from cqrs_warehouse.bootstrap import bootstrap
 from cqrs_warehouse.messaging import context
-from cqrs_warehouse.messaging.listeners import run_listener
+from cqrs_warehouse.messaging.envelope import envelope_from_record
+from cqrs_warehouse.messaging.listening import Outcome, engine
 from cqrs_warehouse.messaging.message import routing_key_for
-from cqrs_warehouse.messaging.outbox import OutboxRecord
-from cqrs_warehouse.messaging.transport import envelope_from_record
-from cqrs_warehouse.settings import Settings
-from cqrs_warehouse.web import app_for
+from cqrs_warehouse.messaging.storage.models import OutboxRecord
+from cqrs_warehouse.runtime import build
+from cqrs_warehouse.web import create_app
 
 from .loadgen import SEED_QUANTITY, sku_name
+
+if TYPE_CHECKING:
+    from .context import Context
 
 SKUS = 100
 WARMUP = 200
@@ -60,8 +61,8 @@ def main(commands: int, log_file: str) -> str:
     with open(log_file, "ab") as log:
         os.dup2(log.fileno(), sys.stderr.fileno())
     logs.configure()
-    runtime = bootstrap(Settings.from_env())
-    client = falcon.testing.TestClient(app_for(runtime))
+    runtime = build()
+    client = falcon.testing.TestClient(create_app(runtime))
 
     def command(index: int) -> None:
         sku = sku_name("paths", index % SKUS)
@@ -83,8 +84,8 @@ def main(commands: int, log_file: str) -> str:
             envelope = envelope_from_record(record)
             key = routing_key_for(record.type, record.schema_version)
             for spec in runtime.routing.listeners_for(key):
-                outcome = run_listener(spec, envelope, runtime.registry, attempt=1)
-                if outcome is None or str(outcome) != "applied":
+                [outcome] = runtime.engine.apply(spec, [envelope], attempt=1)
+                if outcome is not Outcome.APPLIED:
                     raise RuntimeError(f"{spec.name}: {record.message_id} was {outcome}")
                 deliveries += 1
 
@@ -142,16 +143,16 @@ def main(commands: int, log_file: str) -> str:
             "================================================",
             tree(commands_profiler),
             "",
-            "one delivery's path (listeners.run_listener)",
-            "============================================",
+            "one delivery's path (runtime.engine.apply)",
+            "==========================================",
             tree(deliveries_profiler),
         ]
     )
 
 
 def _log_line_seconds(profiler: Profiler | None, lines: int = 2_000) -> float:
-    """The time of one listener log line, as run_listener logs it (to the log file)."""
-    logger = logging.getLogger("cqrs_warehouse.messaging.listeners")
+    """The time of one listener log line, as the engine logs it (to the log file)."""
+    logger = engine.logger
     with context.bound(correlation_id="c", message_id="m", message_type="t", listener="l"):
         if profiler is not None:
             profiler.start()
@@ -162,6 +163,26 @@ def _log_line_seconds(profiler: Profiler | None, lines: int = 2_000) -> float:
         if profiler is not None:
             profiler.stop()
     return seconds
+
+
+def profile_paths(ctx: Context, commands: int = 2_000) -> str:
+    """This module, run in its own process over a migrated database of its own
+    with the service's environment; its report."""
+    from tests.support.processes import ROOT, run_to_exit
+
+    from .service import installed
+
+    with installed(ctx, "profile_paths", template=ctx.migrated_template) as service:
+        log_file = service.installation.workdir / "paths_profile.log"
+        finished = run_to_exit(
+            [sys.executable, "-m", "bench.paths_profile", str(commands), str(log_file)],
+            env=service.installation.env,
+            cwd=ROOT,
+            timeout=600,
+        )
+    if finished.returncode != 0:
+        raise RuntimeError(f"bench.paths_profile failed:\n{finished.stderr[-3000:]}")
+    return finished.stdout.strip()
 
 
 if __name__ == "__main__":

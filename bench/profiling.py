@@ -37,15 +37,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import infra
-from .context import Context, Routing, listeners_config
-from .installation import Installation, build_seeded_template, migrate
+from tests.support.processes import BIN
+from tests.support.waiting import eventually
+
+from .context import Context, log, suite_run
 from .knobs import Knobs
-from .processes import BIN, Service, run_helper, wait_for
-from .report import cpu_model
-from .scenarios.backlog import Templates
+from .paths_profile import profile_paths
+from .results import cpu_model
 from .scenarios.pipeline import DRAIN_QUEUE, closed_loop
-from .suite import clean_up, log, source_fingerprint
+from .service import build_migrated_template, build_seeded_template, installed
+from .suite import source_fingerprint
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 RATE = 100  # samples per second per thread
@@ -58,7 +59,7 @@ VIEWS = {
 # Thread roles, by a function that appears in their stacks (first match wins).
 ROLES = (
     ("drain", ("Drain.run_batch", "Drain.run", "drain_outbox")),
-    ("listener", ("run_listener", "apply_message")),
+    ("listener", ("declare_listener_actor", "Engine.apply")),
     ("drain waker", ("DrainWaker._run",)),
     ("dramatiq consumer", ("_ConsumerThread", "ConsumerThread")),
     ("dramatiq worker loop (middleware, acks)", ("WorkerThread",)),
@@ -217,7 +218,7 @@ def _finish(recorder: subprocess.Popen[bytes], seconds: float) -> None:
 def profile_pipeline(ctx: Context, raw_dir: Path) -> str:
     knobs = ctx.knobs
     seconds = knobs.profile_seconds
-    with Installation(ctx, "profile_e2e") as service:
+    with installed(ctx, "profile_e2e") as service:
         port = service.start_api()
         workers = service.start_workers()
         service.probe()
@@ -250,31 +251,24 @@ def profile_pipeline(ctx: Context, raw_dir: Path) -> str:
 
 def profile_drain(ctx: Context, raw_dir: Path, events: int = 20_000) -> str:
     seconds = ctx.knobs.profile_seconds
-    with Installation(ctx, "profile_drain", template=ctx.migrated_template) as service:
-        env = service.env()
+    with installed(ctx, "profile_drain", template=ctx.migrated_template) as service:
+        fill = [sys.executable, "-m", "bench.fill_outbox", "0", str(events), "1000"]
         writers = [
-            Service.start(
-                f"{service.name}_fill{part}",
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.fill_outbox",
-                    "0",
-                    str(events),
-                    "1000",
-                    str(part),
-                    "2",
-                ],
-                env=env,
-                log_dir=ctx.log_dir,
+            ctx.start(
+                f"profile_drain_fill{part}", [*fill, str(part), "2"], service.installation.env
             )
             for part in range(2)
         ]
         for writer in writers:
-            writer.process.wait(timeout=600)
-            writer.stop()
-        drain = service.start_workers(processes=1, threads=1, queues=[DRAIN_QUEUE], label="drain")
-        wait_for(lambda: service.outbox_rows() < events, timeout=60, what="the drain starting")
+            if writer.wait(timeout=600) != 0:
+                raise RuntimeError(f"filling the backlog failed:\n{writer.output()[-3000:]}")
+            writer.terminate()
+        drain = service.start_workers(processes=1, threads=1, queues=[DRAIN_QUEUE])
+
+        def drain_started() -> None:
+            assert service.outbox_rows() < events, "the drain has not started"
+
+        eventually(drain_started, timeout=60, interval=0.1)
         rows_before, started = service.outbox_rows(), time.monotonic()
         recorders = {
             gil: record(drain.pid, seconds, raw_dir / f"drain_{gil}.raw", gil=gil)
@@ -295,58 +289,31 @@ def profile_drain(ctx: Context, raw_dir: Path, events: int = 20_000) -> str:
     )
 
 
-def profile_paths(ctx: Context, commands: int = 2_000) -> str:
-    """``bench.paths_profile`` over a migrated database of its own, in the
-    service's environment; its report."""
-    with Installation(ctx, "profile_paths", template=ctx.migrated_template) as service:
-        return run_helper(
-            [
-                sys.executable,
-                "-m",
-                "bench.paths_profile",
-                str(commands),
-                str(ctx.log_dir / f"{service.name}.log"),
-            ],
-            env=service.env(),
-            timeout=600,
-        ).strip()
-
-
 def profile(knobs: Knobs, *, keep_logs: bool, only: set[str] | None = None) -> None:
     if shutil.which(str(BIN / "py-spy")) is None:
         raise SystemExit("bench --profile needs py-spy: .venv/bin/pip install -e '.[bench]'")
-    tag = infra.new_tag()
-    log_dir = Path(tempfile.mkdtemp(prefix=f"{tag}_logs_"))
-    raw_dir = Path(tempfile.mkdtemp(prefix=f"{tag}_profiles_"))
-    ctx = Context(
-        tag=tag,
-        knobs=knobs,
-        postgres=infra.Postgres(),
-        routing=Routing.load(listeners_config()),
-        log_dir=log_dir,
-    )
     header = (
         f"source: {source_fingerprint()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"{cpu_model()}, {os.cpu_count()} cores"
     )
     chosen = [name for name in ("pipeline", "drain", "paths") if not only or name in only]
     written: dict[str, str] = {}
-    try:
-        ctx.migrated_template = f"{tag}_migrated"
-        migrate(ctx, ctx.postgres.create(ctx.migrated_template))
-        if "pipeline" in chosen:
-            ctx.seeded_template = build_seeded_template(ctx)
-            log("profiling the API and the workers under the end-to-end load ...")
-            written["pipeline"] = profile_pipeline(ctx, raw_dir)
-        if "drain" in chosen:
-            log("profiling the drain alone on a backlog ...")
-            written["drain"] = profile_drain(ctx, raw_dir)
-        if "paths" in chosen:
-            log("profiling a command's and a delivery's paths in one process ...")
-            written["paths"] = profile_paths(ctx)
-    finally:
-        clean_up(ctx, Templates(ctx), keep_logs=keep_logs)
-        shutil.rmtree(raw_dir, ignore_errors=True)
+    with suite_run(knobs, keep_logs=keep_logs) as ctx:
+        raw_dir = Path(tempfile.mkdtemp(prefix=f"{ctx.tag}_profiles_"))
+        try:
+            ctx.migrated_template = build_migrated_template(ctx)
+            if "pipeline" in chosen:
+                ctx.seeded_template = build_seeded_template(ctx)
+                log("profiling the API and the workers under the end-to-end load ...")
+                written["pipeline"] = profile_pipeline(ctx, raw_dir)
+            if "drain" in chosen:
+                log("profiling the drain alone on a backlog ...")
+                written["drain"] = profile_drain(ctx, raw_dir)
+            if "paths" in chosen:
+                log("profiling a command's and a delivery's paths in one process ...")
+                written["paths"] = profile_paths(ctx)
+        finally:
+            shutil.rmtree(raw_dir, ignore_errors=True)
     PROFILES.mkdir(exist_ok=True)
     for name, text in written.items():
         (PROFILES / f"{name}.txt").write_text(f"{header}\n\n{text}\n", encoding="utf-8")

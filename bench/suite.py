@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
+
+from tests.support.processes import ROOT
 
 from . import infra
-from .context import Context, Routing, listeners_config
-from .installation import build_seeded_template, migrate
+from .context import Context, log, suite_run
 from .knobs import Knobs
-from .processes import ROOT, stop_all
-from .report import Environment, Results
+from .results import Environment, Results
 from .scenarios import api, backlog, baselines, latency, pipeline
+from .service import build_migrated_template, build_seeded_template
 
 # PostgreSQL settings that move these figures most (every listener transaction commits).
 POSTGRES_SETTINGS = ("fsync", "synchronous_commit", "shared_buffers", "max_connections")
@@ -42,7 +40,7 @@ def scenarios(templates: backlog.Templates) -> list[tuple[str, Scenario]]:
         ("raw AMQP publishing", baselines.amqp),
         ("bare Falcon + PostgreSQL", baselines.bare_falcon),
         ("bare Dramatiq actor + PostgreSQL", baselines.bare_actor),
-        ("bare latency chain", latency.bare_chain),
+        ("bare latency chain", baselines.bare_chain),
         ("service API commands/s", api.run),
         ("service end to end", pipeline.run),
         ("latency at fixed rate", latency.run),
@@ -81,32 +79,24 @@ def source_fingerprint() -> str:
     return f"{commit or 'unknown'} (src+config sha256 {digest.hexdigest()[:12]})"
 
 
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def run_suite(
     knobs: Knobs, *, only: set[str] | None, keep_logs: bool
 ) -> tuple[Context, Environment, Results]:
-    tag = infra.new_tag()
-    log_dir = Path(tempfile.mkdtemp(prefix=f"{tag}_logs_"))
-    routing = Routing.load(listeners_config())
-    ctx = Context(tag=tag, knobs=knobs, postgres=infra.Postgres(), routing=routing, log_dir=log_dir)
-    source = source_fingerprint()
-    environment = Environment.read(
-        ctx.postgres.server_version(),
-        ctx.postgres.settings(POSTGRES_SETTINGS),
-        infra.rabbitmq_version(ctx.broker_url),
-        source,
-    )
     results = Results()
     suite_started = time.monotonic()
-    log(f"suite {tag}: {knobs.runs} run(s); listeners {', '.join(routing.listeners)}")
-    log(f"service logs in {log_dir}")
-    templates = backlog.Templates(ctx)
-    try:
-        ctx.migrated_template = f"{tag}_migrated"
-        migrate(ctx, ctx.postgres.create(ctx.migrated_template))
+    source = source_fingerprint()
+    with suite_run(knobs, keep_logs=keep_logs) as ctx:
+        environment = Environment.read(
+            infra.server_version(ctx.postgres),
+            infra.server_settings(ctx.postgres, POSTGRES_SETTINGS),
+            infra.rabbitmq_version(ctx.broker_url),
+            source,
+        )
+        listeners = ", ".join(ctx.routing.listeners)
+        log(f"suite {ctx.tag}: {knobs.runs} run(s); listeners {listeners}")
+        log(f"service logs in {ctx.log_dir}")
+        templates = backlog.Templates(ctx)
+        ctx.migrated_template = build_migrated_template(ctx)
         chosen = [(n, s) for n, s in scenarios(templates) if not only or _selected(n, only)]
         if any(name.startswith(SEEDED_SCENARIOS) for name, _ in chosen):
             log(f"seeding {knobs.skus} SKUs through the service ...")
@@ -120,8 +110,6 @@ def run_suite(
         for run in range(1, knobs.runs + 1):
             for name, scenario in chosen:
                 _run_one(ctx, results, name, scenario, run)
-    finally:
-        clean_up(ctx, templates, keep_logs=keep_logs)
     end_source = source_fingerprint()
     # Only the hash: the git state may change with files the service does not run.
     if end_source.split("sha256")[-1] != source.split("sha256")[-1]:
@@ -132,24 +120,6 @@ def run_suite(
     results.notes += ctx.notes
     results.total_seconds = time.monotonic() - suite_started
     return ctx, environment, results
-
-
-def clean_up(ctx: Context, templates: backlog.Templates, *, keep_logs: bool) -> None:
-    """Every process, database, queue and log this run made; each step even if one
-    before it failed."""
-    steps = [
-        ("stopping processes", stop_all),
-        ("dropping the templates", templates.drop),
-        ("dropping the databases", lambda: ctx.postgres.drop_all(ctx.tag)),
-        ("deleting queues", lambda: infra.sweep_broker(ctx.tag, ctx.broker_url)),
-    ]
-    if not keep_logs:
-        steps.append(("removing logs", lambda: shutil.rmtree(ctx.log_dir, ignore_errors=True)))
-    for what, step in steps:
-        try:
-            step()
-        except Exception as error:
-            log(f"clean-up: {what} failed: {error!r}; names start with {ctx.tag}")
 
 
 def _selected(name: str, only: set[str]) -> bool:
@@ -169,7 +139,7 @@ def _run_one(ctx: Context, results: Results, name: str, scenario: Scenario, run:
             figures = scenario(ctx)
             break
         except Exception as error:
-            stop_all()
+            ctx.stop_all()
             detail = "".join(traceback.format_exception_only(type(error), error)).strip()
             log(f"  FAILED: {detail[:2000]}")
             traceback.print_exc(file=sys.stderr)
@@ -177,7 +147,7 @@ def _run_one(ctx: Context, results: Results, name: str, scenario: Scenario, run:
                 results.errors.append(f"run {run}, {name}: {detail[:2000]}")
                 return
             results.notes.append(f"run {run}, {name} failed once and was run again: {detail[:300]}")
-            infra.wait_for_servers(ctx.broker_url)
+            infra.wait_for_servers(ctx.postgres, ctx.broker_url)
     elapsed = time.monotonic() - started
     results.stage_seconds[name] = results.stage_seconds.get(name, 0.0) + elapsed
     results.add(figures)

@@ -27,8 +27,9 @@ from typing import Any
 
 import pika
 import pika.spec
+from tests.support.services import delete_from_broker
 
-from ..infra import broker_parameters, delete_queues
+from ..infra import broker_parameters
 
 ROUTING_KEY = "Warehouse.Events.ProductQuantityIncreased.v1"
 BODY = b"\x0ab00042\x02"  # an Avro payload of the same size as the service's
@@ -62,7 +63,7 @@ def topology(prefix: str, queues: int, url: str) -> Iterator[str]:
     try:
         yield exchange
     finally:
-        delete_queues(names, [exchange], url)
+        delete_from_broker(names, [exchange], url)
 
 
 def per_message(url: str, exchange: str, count: int) -> float:

@@ -80,7 +80,7 @@ def declare(broker_url: str, prefix: str, listeners: int) -> list[str]:
         queues = []
         for name in listener_names(listeners):
             queue = f"{prefix}{name}"
-            # Declared as the service's are: no x-queue-version (see broker.py).
+            # Declared as the service's are: no x-queue-version (see messaging/rabbitmq/broker.py).
             channel.queue_declare(queue, durable=True)
             channel.queue_bind(queue, exchange)
             queues.append(queue)

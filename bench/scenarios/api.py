@@ -4,19 +4,19 @@ The workers are not running, so the figure is the command side's (validation,
 the state change, the outbox row and the NOTIFY in one transaction, logging
 and metrics) and compares with the bare Falcon baseline under the same
 gunicorn settings and the same client. The outbox fills meanwhile; nothing
-drains it. The SKUs were seeded once per suite run (installation.py).
+drains it. The SKUs were seeded once per suite run (service.py).
 """
 
 from __future__ import annotations
 
 from ..context import Context
-from ..http_load import run_load
-from ..installation import SKU_PREFIX, Installation
+from ..loadgen import run_load
+from ..service import SKU_PREFIX, installed
 
 
 def run(ctx: Context) -> dict[str, float]:
     knobs = ctx.knobs
-    with Installation(ctx, "api") as service:
+    with installed(ctx, "api") as service:
         port = service.start_api()
         result = run_load(
             {

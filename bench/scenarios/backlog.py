@@ -22,10 +22,12 @@ import statistics
 import sys
 import time
 
+from tests.support.environment import service_env
+
 from .. import infra
 from ..context import Context
-from ..installation import Installation
-from ..processes import RssSampler, Service, amqp_clients, environment
+from ..infra import RssSampler
+from ..service import installed
 
 MB = 1024 * 1024
 
@@ -46,7 +48,7 @@ class Templates:
         except (RuntimeError, OSError) as error:
             self.ctx.notes.append(f"writing the backlog templates failed once: {error!s:.300}")
             self.drop()
-            infra.wait_for_servers(self.ctx.broker_url)
+            infra.wait_for_servers(self.ctx.postgres, self.ctx.broker_url)
             self._build()
 
     def _build(self) -> None:
@@ -63,34 +65,34 @@ class Templates:
 
     def _fill(self, url: str, start: int, stop: int) -> None:
         knobs = self.ctx.knobs
-        env = environment(
-            DATABASE_URL=url,
-            BROKER_URL=self.ctx.broker_url,
-            LISTENERS_CONFIG=str(self.ctx.routing.path),
-            QUEUE_PREFIX=f"{self.ctx.tag}_fill_",
+        env = service_env(
+            {
+                "DATABASE_URL": url,
+                "BROKER_URL": self.ctx.broker_url,
+                "LISTENERS_CONFIG": str(self.ctx.routing.path),
+                "QUEUE_PREFIX": f"{self.ctx.tag}_fill_",
+            }
         )
         parts = knobs.backlog_fill_parts
         # Side by side: the commands cost client CPU more than database time.
         writers = [
-            Service.start(
-                f"{self.ctx.tag}_fill{stop}_{part}",
+            self.ctx.start(
+                f"fill{stop}_{part}",
                 [
                     sys.executable,
                     "-m",
                     "bench.fill_outbox",
                     *map(str, (start, stop, knobs.skus, part, parts)),
                 ],
-                env=env,
-                log_dir=self.ctx.log_dir,
+                env,
             )
             for part in range(parts)
         ]
         deadline = time.monotonic() + 900
         for writer in writers:
-            writer.process.wait(timeout=max(1, deadline - time.monotonic()))
-            if writer.process.returncode != 0:
-                raise RuntimeError(f"filling the backlog failed:\n{writer.tail()}")
-            writer.stop()
+            if writer.wait(timeout=max(1, deadline - time.monotonic())) != 0:
+                raise RuntimeError(f"filling the backlog failed:\n{writer.output()[-3000:]}")
+            writer.terminate()
 
     def drop(self) -> None:
         for name in self.databases.values():
@@ -106,24 +108,25 @@ def run(ctx: Context, templates: Templates, size: int) -> dict[str, float]:
         else knobs.backlog_deadline_large_s
     )
     label = "large" if size == knobs.backlog_large else "small"
-    with Installation(ctx, f"backlog{size}", template=templates.databases[size]) as service:
+    with installed(ctx, f"backlog{size}", template=templates.databases[size]) as service:
         events = service.committed_events()
         if events != size or service.outbox_rows() != size:
             raise RuntimeError(f"backlog template holds {events} events, not {size}")
         workers = service.start_workers()
+        started = time.monotonic()  # timed from the workers' start
         trace: list[tuple[float, int]] = []  # (seconds since start, slowest listener's count)
         outbox: list[tuple[float, int]] = []  # (seconds since start, rows left)
         worker_pids: set[int] = set()
-        with RssSampler(workers) as rss:
+        with RssSampler(workers.pid) as rss:
             while True:
                 service.require_alive()
-                elapsed = time.monotonic() - workers.started
+                elapsed = time.monotonic() - started
                 slowest = min(service.applied().values())
                 trace.append((elapsed, slowest))
                 if not outbox or outbox[-1][1] > 0:
                     outbox.append((elapsed, service.outbox_rows()))
                 if not worker_pids or len(trace) % 20 == 0:
-                    worker_pids |= amqp_clients(workers)
+                    worker_pids |= set(service.installation.worker_pids(workers))
                 if slowest >= size or elapsed >= deadline:
                     break
                 time.sleep(0.25)

@@ -4,25 +4,35 @@
   and the same load generator as the service's commands/s;
 - bare Dramatiq actor: one update+commit per message, same worker layout as
   the service's workers, consuming a queue filled before it starts;
-- raw AMQP publishing with per-message and batched confirms.
+- raw AMQP publishing with per-message and batched confirms;
+- the bare latency chain: the latency floor, the same paced load measured the
+  same way as the service's latency (``latency.py``) through the bare hops of
+  the stack (``baselines/bare_chain.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import sys
 import time
+from collections import defaultdict
 
 import pika.exceptions
+import requests
+from tests.support.environment import service_env
+from tests.support.processes import BIN, ROOT, Service, free_port, run_to_exit
+from tests.support.services import delete_from_broker, queue_depth
+from tests.support.waiting import eventually, wait_for_http
 
-from .. import cpu
+from .. import cpu, infra
 from ..baselines import amqp_publish
+from ..baselines import bare_chain as chain
 from ..context import Context
 from ..cpu import CpuMeter
-from ..http_load import run_load
-from ..infra import delete_queues, queue_depth
-from ..installation import wait_until_serving
-from ..processes import BIN, ROOT, Service, environment, free_port, run_helper, wait_for
+from ..loadgen import run_load
+from ..service import SKU_PREFIX
+from .latency import CHANNEL, AppliedWatcher, calibrate, latencies, paced_load, settle
 
 # The bare Falcon app's table (bench.baselines.bare_falcon.BareCommand).
 BARE_COMMANDS_TABLE = (
@@ -51,14 +61,16 @@ def start_bare_falcon(ctx: Context, name: str, url: str) -> tuple[Service, int]:
     port = free_port()
     # The service's gunicorn.conf.py checks the service's settings before
     # it starts: give it valid ones, though the bare app uses none of them.
-    env = environment(
-        DATABASE_URL=url,
-        BROKER_URL=ctx.broker_url,
-        LISTENERS_CONFIG=str(ctx.routing.path),
-        WEB_CONCURRENCY=str(knobs.web_concurrency),
-        GUNICORN_THREADS=str(knobs.gunicorn_threads),
+    env = service_env(
+        {
+            "DATABASE_URL": url,
+            "BROKER_URL": ctx.broker_url,
+            "LISTENERS_CONFIG": str(ctx.routing.path),
+            "WEB_CONCURRENCY": str(knobs.web_concurrency),
+            "GUNICORN_THREADS": str(knobs.gunicorn_threads),
+        }
     )
-    api = Service.start(
+    api = ctx.start(
         name,
         [
             str(BIN / "gunicorn"),
@@ -68,13 +80,12 @@ def start_bare_falcon(ctx: Context, name: str, url: str) -> tuple[Service, int]:
             f"127.0.0.1:{port}",
             "bench.baselines.bare_falcon:app",
         ],
-        env=env,
-        log_dir=ctx.log_dir,
+        env,
     )
     try:
-        wait_until_serving(api, port)
+        wait_for_http(f"http://127.0.0.1:{port}/livez", [api], timeout=60)
     except BaseException:
-        api.stop()
+        api.terminate()
         raise
     return api, port
 
@@ -84,8 +95,8 @@ def bare_falcon(ctx: Context) -> dict[str, float]:
     name = f"{ctx.tag}_bare_falcon"
     url = ctx.postgres.create(name)
     try:
-        ctx.postgres.execute(name, BARE_COMMANDS_TABLE)
-        api, port = start_bare_falcon(ctx, name, url)
+        infra.execute(ctx.postgres, name, BARE_COMMANDS_TABLE)
+        api, port = start_bare_falcon(ctx, "bare_falcon", url)
         try:
             result = run_load(
                 {
@@ -101,7 +112,7 @@ def bare_falcon(ctx: Context) -> dict[str, float]:
             )
             api.require_alive()
         finally:
-            api.stop()
+            api.terminate()
         _require_only_ok(result, "bare Falcon")
         return {
             "bare_falcon.cps": result["rate"],
@@ -118,18 +129,23 @@ def bare_actor(ctx: Context) -> dict[str, float]:
     prefix = f"{name}_"
     queue = f"{prefix}bare_actor"
     url = ctx.postgres.create(name)
-    env = environment(DATABASE_URL=url, BROKER_URL=ctx.broker_url, QUEUE_PREFIX=prefix)
+    env = service_env({"DATABASE_URL": url, "BROKER_URL": ctx.broker_url, "QUEUE_PREFIX": prefix})
     count = knobs.bare_actor_messages
     try:
-        run_helper(
-            [sys.executable, "-m", "bench.baselines.bare_actor", str(count)], env=env, timeout=300
+        enqueued = run_to_exit(
+            [sys.executable, "-m", "bench.baselines.bare_actor", str(count)],
+            env=env,
+            cwd=ROOT,
+            timeout=300,
         )
+        if enqueued.returncode != 0:
+            raise RuntimeError(f"enqueueing the bare actor's messages failed:\n{enqueued.stderr}")
         if queue_depth(queue, ctx.broker_url) != count:
             raise RuntimeError(f"{queue} holds {queue_depth(queue, ctx.broker_url)}, not {count}")
         db = ctx.postgres.connect(name)
         try:
-            workers = Service.start(
-                name,
+            workers = ctx.start(
+                "bare_actor",
                 [
                     str(BIN / "dramatiq"),
                     "bench.baselines.bare_actor",
@@ -138,9 +154,9 @@ def bare_actor(ctx: Context) -> dict[str, float]:
                     "-t",
                     str(knobs.worker_threads),
                 ],
-                env=env,
-                log_dir=ctx.log_dir,
+                env,
             )
+            started = time.monotonic()
             meter = CpuMeter(
                 {
                     "workers": cpu.tree(workers.pid),
@@ -150,10 +166,10 @@ def bare_actor(ctx: Context) -> dict[str, float]:
             )
             try:
                 rate, total_s, used = _consumption_rate(
-                    db, workers, count, knobs.bare_actor_deadline_s, meter
+                    db, workers, started, count, knobs.bare_actor_deadline_s, meter
                 )
             finally:
-                workers.stop()
+                workers.terminate()
         finally:
             db.close()
         figures = {"bare_actor.dps": rate, "bare_actor.total_s": total_s}
@@ -164,11 +180,11 @@ def bare_actor(ctx: Context) -> dict[str, float]:
         ctx.postgres.drop(name)
         # The suite's final sweep deletes them if the broker is away just now.
         with contextlib.suppress(pika.exceptions.AMQPError):
-            delete_queues([queue, f"{queue}.DQ", f"{queue}.XQ"], url=ctx.broker_url)
+            delete_from_broker([queue, f"{queue}.DQ", f"{queue}.XQ"], url=ctx.broker_url)
 
 
 def _consumption_rate(
-    db, workers: Service, count: int, deadline: float, meter: CpuMeter
+    db, workers: Service, started: float, count: int, deadline: float, meter: CpuMeter
 ) -> tuple[float, float, dict[str, float]]:
     """Deliveries/s between 10 % and 90 % of ``count`` applied (start-up and the
     last stragglers left out), the seconds from start to all applied, and the CPU
@@ -181,7 +197,7 @@ def _consumption_rate(
             cursor.execute("SELECT COALESCE(SUM(n), 0) FROM bench_bare_counters")
             return int(cursor.fetchone()[0])
 
-    def progress() -> bool:
+    def progress() -> None:
         workers.require_alive()
         done = applied()
         now = time.monotonic()
@@ -192,13 +208,98 @@ def _consumption_rate(
                     meter.start()
                 else:
                     used.update(meter.stop())
-        return done >= count
+        assert done >= count, f"the bare actor applied {done} of {count} messages"
 
-    wait_for(progress, timeout=deadline, interval=0.05, what="the bare actor's messages applied")
+    eventually(progress, timeout=deadline, interval=0.05)
     rate = 0.8 * count / max(1e-3, marks[0.9] - marks[0.1])
-    return rate, time.monotonic() - workers.started, used
+    return rate, time.monotonic() - started, used
 
 
 def _require_only_ok(result: dict, what: str) -> None:
     if set(result["statuses"]) - {"200"}:
         raise RuntimeError(f"{what}: answers other than 200: {result['statuses']}")
+
+
+def bare_chain(ctx: Context) -> dict[str, float]:
+    """The floor: the same load, measured the same way, through the bare chain
+    of the stack's hops (``baselines/bare_chain.py``), one bare listener per
+    service listener."""
+    knobs = ctx.knobs
+    name = f"{ctx.tag}_bare_chain"
+    prefix = f"{name}_"
+    listeners = tuple(chain.listener_names(len(ctx.routing.listeners)))
+    url = ctx.postgres.create(name)
+    queues: list[str] = []
+    services: list[Service] = []
+    watcher: AppliedWatcher | None = None
+    try:
+        infra.execute(ctx.postgres, name, BARE_COMMANDS_TABLE)
+        infra.execute(
+            ctx.postgres,
+            name,
+            chain.TABLES.format(notify_channel=chain.NOTIFY_CHANNEL, applied_channel=CHANNEL),
+        )
+        queues = chain.declare(ctx.broker_url, prefix, len(listeners))
+        watcher = AppliedWatcher(url)
+        resolution_ms = calibrate(url, watcher)
+        env = service_env(
+            {"DATABASE_URL": url, "BROKER_URL": ctx.broker_url, "QUEUE_PREFIX": prefix}
+        )
+        for role in (["relay"], ["listeners", str(len(listeners))]):
+            services.append(
+                ctx.start(
+                    f"bare_chain_{role[0]}",
+                    [sys.executable, "-m", "bench.baselines.bare_chain", *role],
+                    env,
+                )
+            )
+        api, port = start_bare_falcon(ctx, "bare_chain_api", url)
+        services.append(api)
+        # One command through the whole chain: every part is up.
+        probe = f"{SKU_PREFIX}chainprobe"
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/warehouse/products/{probe}/increase_quantity",
+            json={"quantity": 1},
+            timeout=30,
+        )
+        if answer.status_code != 200:
+            raise RuntimeError("the bare chain's probe command was refused")
+        seen_by = watcher
+
+        def probed() -> None:
+            for service in services:
+                service.require_alive()
+            applied = {p.split(" ")[0] for _, p in seen_by.seen if f" {probe} " in p}
+            assert applied == set(listeners), f"the bare chain's probe applied by {applied}"
+
+        eventually(probed, timeout=60, interval=0.1)
+        settle(ctx, name)
+        watcher.seen = []
+        result = paced_load(ctx, port, start_position=0)  # the chain counts from 1
+        expected = result["answered"]
+
+        def all_applied() -> None:
+            counts: dict[str, int] = defaultdict(int)
+            for _, payload in seen_by.seen:
+                counts[payload.split(" ")[0]] += 1
+            assert all(counts[listener] >= expected for listener in listeners), (
+                f"the bare chain applied {dict(counts)} of {expected}"
+            )
+
+        eventually(all_applied, timeout=knobs.latency_settle, interval=0.1)
+        seen = list(watcher.seen)
+    finally:
+        if watcher is not None:
+            watcher.close()
+        for service in services:
+            service.terminate()
+        ctx.postgres.drop(name)
+        delete_from_broker(queues, [chain.exchange_name(prefix)], url=ctx.broker_url)
+    figures = latencies(result["records"], seen, listeners)
+    return {
+        "bare_chain.p50_ms": figures["latency.worst.p50_ms"],
+        "bare_chain.p99_ms": figures["latency.worst.p99_ms"],
+        "bare_chain.resolution_ms": resolution_ms,
+        "bare_chain.http_p50_ms": statistics.median(r[3] for r in result["records"]) * 1000,
+        "bare_chain.busy_pct": result["busy_pct"],
+    }

@@ -40,25 +40,23 @@ from __future__ import annotations
 import bisect
 import select
 import statistics
-import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import pika
 import psutil
 import psycopg2
 import psycopg2.extensions
+from tests.support.waiting import eventually
 
-from ..baselines import bare_chain as chain
+from .. import infra
 from ..context import Context
 from ..cpu import CpuMeter
-from ..http_load import LoadRun
-from ..infra import delete_queues
-from ..installation import SKU_PREFIX, Installation, post
-from ..processes import Service, environment, wait_for
-from .baselines import BARE_COMMANDS_TABLE, start_bare_falcon
+from ..loadgen import LoadRun
+from ..service import SKU_PREFIX, ServiceUnderTest, installed
 
 CHANNEL = "bench_applied"
 
@@ -188,8 +186,9 @@ def run_few_threads(ctx: Context) -> dict[str, float]:
 
 def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
     knobs = ctx.knobs
-    with Installation(ctx, prefix) as service:
-        ctx.postgres.execute(
+    with installed(ctx, prefix) as service:
+        infra.execute(
+            ctx.postgres,
             service.name,
             TRIGGER.format(
                 channel=CHANNEL,
@@ -205,9 +204,7 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
             service.start_workers(threads=threads)
             service.probe()
             settle(ctx, service.name)
-            routed = RoutedWatcher(
-                ctx.broker_url, f"{service.prefix}{ctx.routing.exchange}", watcher.seen
-            )
+            routed = RoutedWatcher(ctx.broker_url, service.exchange, watcher.seen)
             try:
                 # The seeded template's increase was each SKU's first position.
                 result = paced_load(ctx, port, start_position=1)
@@ -216,11 +213,7 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
             service.wait_all_applied(timeout=knobs.latency_settle)
             # The drain deletes its rows after RabbitMQ took them, so its commit
             # may come after the listeners' commits: wait for it too.
-            wait_for(
-                lambda: service.outbox_rows() == 0,
-                timeout=knobs.latency_settle,
-                what="the outbox emptied",
-            )
+            eventually(_outbox_emptied(service), timeout=knobs.latency_settle, interval=0.1)
             time.sleep(0.2)  # the last notifications
             seen = list(watcher.seen)
         finally:
@@ -234,12 +227,20 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
     return {prefix + name.removeprefix("latency"): value for name, value in figures.items()}
 
 
+def _outbox_emptied(service: ServiceUnderTest) -> Callable[[], None]:
+    def emptied() -> None:
+        rows = service.outbox_rows()
+        assert rows == 0, f"{service.name}: {rows} rows still in the outbox"
+
+    return emptied
+
+
 def settle(ctx: Context, database: str) -> None:
     """Flush what earlier scenarios left dirty in PostgreSQL (CHECKPOINT) before
     a latency load, so that their checkpoint does not write during it: the
     end-to-end scenario just before leaves hundreds of MB of WAL behind.
     The same for the service and its floor."""
-    ctx.postgres.execute(database, "CHECKPOINT")
+    infra.execute(ctx.postgres, database, "CHECKPOINT")
 
 
 def paced_load(ctx: Context, port: int, *, start_position: int) -> dict:
@@ -270,79 +271,6 @@ def paced_load(ctx: Context, port: int, *, start_position: int) -> dict:
     cores = psutil.cpu_count() or 1
     busy = meter.stop()["machine"] / (time.monotonic() - started) / cores
     return {**result, "busy_pct": 100 * busy}
-
-
-def bare_chain(ctx: Context) -> dict[str, float]:
-    """The floor: the same load, measured the same way, through the bare chain
-    of the stack's hops (``baselines/bare_chain.py``), one bare listener per
-    service listener."""
-    knobs = ctx.knobs
-    name = f"{ctx.tag}_bare_chain"
-    prefix = f"{name}_"
-    listeners = tuple(chain.listener_names(len(ctx.routing.listeners)))
-    url = ctx.postgres.create(name)
-    queues: list[str] = []
-    services: list[Service] = []
-    watcher: AppliedWatcher | None = None
-    try:
-        ctx.postgres.execute(name, BARE_COMMANDS_TABLE)
-        ctx.postgres.execute(
-            name, chain.TABLES.format(notify_channel=chain.NOTIFY_CHANNEL, applied_channel=CHANNEL)
-        )
-        queues = chain.declare(ctx.broker_url, prefix, len(listeners))
-        watcher = AppliedWatcher(url)
-        resolution_ms = calibrate(url, watcher)
-        env = environment(DATABASE_URL=url, BROKER_URL=ctx.broker_url, QUEUE_PREFIX=prefix)
-        for role in (["relay"], ["listeners", str(len(listeners))]):
-            services.append(
-                Service.start(
-                    f"{name}_{role[0]}",
-                    [sys.executable, "-m", "bench.baselines.bare_chain", *role],
-                    env=env,
-                    log_dir=ctx.log_dir,
-                )
-            )
-        api, port = start_bare_falcon(ctx, f"{name}_api", url)
-        services.append(api)
-        # One command through the whole chain: every part is up.
-        probe = f"{SKU_PREFIX}chainprobe"
-        if post(port, f"/warehouse/products/{probe}/increase_quantity") != 200:
-            raise RuntimeError("the bare chain's probe command was refused")
-
-        def probed() -> bool:
-            for service in services:
-                service.require_alive()
-            return {p.split(" ")[0] for _, p in watcher.seen if f" {probe} " in p} == set(listeners)
-
-        wait_for(probed, timeout=60, what="the bare chain's probe applied")
-        settle(ctx, name)
-        watcher.seen = []
-        result = paced_load(ctx, port, start_position=0)  # the chain counts from 1
-        expected = result["answered"]
-
-        def all_applied() -> bool:
-            counts: dict[str, int] = defaultdict(int)
-            for _, payload in watcher.seen:
-                counts[payload.split(" ")[0]] += 1
-            return all(counts[listener] >= expected for listener in listeners)
-
-        wait_for(all_applied, timeout=knobs.latency_settle, what="the bare chain applied all")
-        seen = list(watcher.seen)
-    finally:
-        if watcher is not None:
-            watcher.close()
-        for service in services:
-            service.stop()
-        ctx.postgres.drop(name)
-        delete_queues(queues, [chain.exchange_name(prefix)], url=ctx.broker_url)
-    figures = latencies(result["records"], seen, listeners)
-    return {
-        "bare_chain.p50_ms": figures["latency.worst.p50_ms"],
-        "bare_chain.p99_ms": figures["latency.worst.p99_ms"],
-        "bare_chain.resolution_ms": resolution_ms,
-        "bare_chain.http_p50_ms": statistics.median(r[3] for r in result["records"]) * 1000,
-        "bare_chain.busy_pct": result["busy_pct"],
-    }
 
 
 def latencies(

@@ -27,8 +27,8 @@ import time
 from .. import cpu
 from ..context import Context
 from ..cpu import CpuMeter
-from ..http_load import LoadRun
-from ..installation import SKU_PREFIX, Installation
+from ..loadgen import LoadRun
+from ..service import SKU_PREFIX, ServiceUnderTest, installed
 
 DRAIN_QUEUE = "outbox_drain"
 
@@ -51,7 +51,7 @@ def scaling(ctx: Context) -> dict[str, float]:
     return figures
 
 
-def start_layout(service: Installation, layout: str) -> None:
+def start_layout(service: ServiceUnderTest, layout: str) -> None:
     listeners = list(service.ctx.routing.listeners)
     if layout == "p1":
         service.start_workers(processes=1)
@@ -59,14 +59,14 @@ def start_layout(service: Installation, layout: str) -> None:
         service.start_workers(processes=2)
     elif layout in ("drain1", "drain2"):
         drains = 1 if layout == "drain1" else 2
-        service.start_workers(processes=drains, threads=1, queues=[DRAIN_QUEUE], label="drain")
-        service.start_workers(processes=1, queues=listeners, label="listeners")
+        service.start_workers(processes=drains, threads=1, queues=[DRAIN_QUEUE])
+        service.start_workers(processes=1, queues=listeners)
     else:
         raise ValueError(layout)
 
 
 def measure(ctx: Context, layout: str, *, warmup: float, window: float) -> dict[str, float]:
-    with Installation(ctx, f"e2e_{layout}") as service:
+    with installed(ctx, f"e2e_{layout}") as service:
         port = service.start_api()
         start_layout(service, layout)
         service.probe()
@@ -119,7 +119,7 @@ def closed_loop(ctx: Context, port: int, *, warmup: float, window: float) -> Loa
     )
 
 
-def cpu_meter(service: Installation, load: LoadRun) -> CpuMeter:
+def cpu_meter(service: ServiceUnderTest, load: LoadRun) -> CpuMeter:
     assert service.api is not None
     workers = [cpu.tree(w.pid) for w in service.workers]
     return CpuMeter(
