@@ -2,7 +2,9 @@
 
 The broker declares its queues without ``x-queue-version`` (the server's
 default or an operator's policy decides); queues that an earlier release
-declared as version 2 are kept as they are.
+declared as version 2 are kept as they are. This pins the two private
+methods of Dramatiq's broker that ``ListenerRoutingBroker`` overrides
+(``_declare_queue``, ``_declare_dq_queue``), through ``declare_queue``.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import pytest
 from dramatiq.common import dq_name, xq_name
 from dramatiq.errors import ConnectionClosed
 
-from cqrs_warehouse.messaging.broker import EventRoutingRabbitmqBroker
-from tests.conftest import BROKER_URL
+from cqrs_warehouse.messaging.rabbitmq.broker import ListenerRoutingBroker
+from tests.support.services import BROKER_URL
 
 
 @pytest.fixture
-def broker() -> Iterator[EventRoutingRabbitmqBroker]:
-    broker = EventRoutingRabbitmqBroker(url=BROKER_URL, middleware=[])
+def broker(rabbitmq: None) -> Iterator[ListenerRoutingBroker]:
+    broker = ListenerRoutingBroker(url=BROKER_URL, middleware=[])
     yield broker
     broker.close()
 
@@ -48,7 +50,7 @@ def redeclare(queue: str, arguments: dict[str, Any]) -> bool:
 
 
 def test_queues_are_declared_without_a_queue_version(
-    broker: EventRoutingRabbitmqBroker, queue: str
+    broker: ListenerRoutingBroker, queue: str
 ) -> None:
     broker.declare_queue(queue, ensure=True)
 
@@ -58,7 +60,7 @@ def test_queues_are_declared_without_a_queue_version(
 
 
 def test_queues_an_earlier_release_declared_as_version_2_are_kept_and_used(
-    broker: EventRoutingRabbitmqBroker, queue: str, caplog: pytest.LogCaptureFixture
+    broker: ListenerRoutingBroker, queue: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     version_2 = {**dramatiq_arguments(queue), "x-queue-version": 2}
     for declared in (queue, dq_name(queue)):
@@ -84,7 +86,7 @@ def test_queues_an_earlier_release_declared_as_version_2_are_kept_and_used(
 
 
 def test_any_other_difference_of_arguments_still_fails(
-    broker: EventRoutingRabbitmqBroker, queue: str
+    broker: ListenerRoutingBroker, queue: str
 ) -> None:
     assert redeclare(queue, {**dramatiq_arguments(queue), "x-max-length": 5})
 

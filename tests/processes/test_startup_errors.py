@@ -1,6 +1,7 @@
 """How each way of starting the service reacts to a broken configuration: a
 malformed listeners.yaml or a missing BROKER_URL stops it with a non-zero
-exit and an error that says what is wrong, before it serves anything."""
+exit and an error that says what is wrong, before it serves anything.
+(`cqrs-warehouse serve` without BROKER_URL runs: test_serve_embedded.py.)"""
 
 from __future__ import annotations
 
@@ -8,20 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BROKER_URL
-from tests.e2e.harness import (
-    BIN,
-    GUNICORN_CONF,
-    Service,
-    free_port,
-    project_listeners,
-    run_to_exit,
-    service_env,
-    wait_for_http,
-    write_listeners_config,
-)
+from tests.support.environment import service_env
+from tests.support.installation import GUNICORN_CONF, project_listeners, write_listeners_config
+from tests.support.processes import BIN, free_port, run_to_exit
+from tests.support.services import BROKER_URL
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.processes
 
 STARTUP_TIMEOUT = 60
 
@@ -53,7 +46,7 @@ def duplicate_name(path: Path) -> tuple[Path, str]:
 
 def unimportable_handler(path: Path) -> tuple[Path, str]:
     listeners = project_listeners()
-    listeners[1]["handler"] = "tests.e2e.no_such_module:handle_message"
+    listeners[1]["handler"] = "tests.processes.no_such_module:handle_message"
     return write_listeners_config(path, listeners), "cannot be imported"
 
 
@@ -102,20 +95,3 @@ def test_the_api_and_the_workers_refuse_to_start_without_broker_url(
 
     assert finished.returncode != 0, finished.output
     assert "BROKER_URL is not set" in finished.output, finished.output
-
-
-def test_serve_runs_without_broker_url_on_the_in_process_broker(tmp_path: Path) -> None:
-    port = free_port()
-    env = service_env(
-        DATABASE_URL=None,
-        BROKER_URL=None,
-        LISTENERS_CONFIG=str(write_listeners_config(tmp_path / "l.yaml", project_listeners())),
-    )
-    service = Service.start("serve", serve(port), env=env, cwd=tmp_path, log_dir=tmp_path)
-    try:
-        response = wait_for_http(f"http://127.0.0.1:{port}/warehouse/products", [service])
-        assert response.json() == []
-        assert service.returncode() is None
-    finally:
-        service.terminate()
-        service.kill_leftovers()

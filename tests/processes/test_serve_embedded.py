@@ -11,21 +11,19 @@ import pytest
 import requests
 
 from cqrs_warehouse.settings import DEFAULT_DATABASE_URL
-from tests.e2e.harness import (
-    BIN,
-    Service,
-    assert_eventually,
-    free_port,
-    project_listeners,
-    service_env,
-    wait_for_exit,
-    wait_for_http,
-    write_listeners_config,
-)
+from tests.processes.state import wait
+from tests.support.environment import service_env
+from tests.support.installation import project_listeners, write_listeners_config
+from tests.support.processes import BIN, Service, free_port
+from tests.support.waiting import wait_for_http
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.processes
 
 SQLITE_FILE = DEFAULT_DATABASE_URL.removeprefix("sqlite:///")
+
+
+def serve(port: int) -> list[str]:
+    return [str(BIN / "cqrs-warehouse"), "serve", "--bind", f"127.0.0.1:{port}"]
 
 
 def test_serve_without_urls_keeps_its_state_in_a_sqlite_file_and_stops_cleanly_on_sigterm(
@@ -39,13 +37,7 @@ def test_serve_without_urls_keeps_its_state_in_a_sqlite_file_and_stops_cleanly_o
     base = f"http://127.0.0.1:{port}"
     assert not (workdir / SQLITE_FILE).exists()
 
-    service = Service.start(
-        "serve",
-        [str(BIN / "cqrs-warehouse"), "serve", "--bind", f"127.0.0.1:{port}"],
-        env=env,
-        cwd=workdir,
-        log_dir=tmp_path,
-    )
+    service = Service.start("serve", serve(port), env=env, cwd=workdir, log_dir=tmp_path)
     try:
         first = wait_for_http(f"{base}/warehouse/products", [service])
         assert first.json() == []
@@ -60,7 +52,7 @@ def test_serve_without_urls_keeps_its_state_in_a_sqlite_file_and_stops_cleanly_o
             response = requests.get(f"{base}/warehouse/products", timeout=10)
             assert response.json() == [{"sku": sku, "quantity": 4}]
 
-        assert_eventually(view_shows_four)
+        wait(view_shows_four)
 
         database_file = workdir / SQLITE_FILE
         assert database_file.is_file()
@@ -71,7 +63,22 @@ def test_serve_without_urls_keeps_its_state_in_a_sqlite_file_and_stops_cleanly_o
         assert rows == [(sku, 4)]
 
         service.process.terminate()  # SIGTERM
-        assert wait_for_exit(service, timeout=30) == 0, service.output()
+        assert service.wait(timeout=30) == 0, service.output()
     finally:
         service.terminate()
-        service.kill_leftovers()
+
+
+def test_serve_runs_without_broker_url_on_the_in_process_broker(tmp_path: Path) -> None:
+    port = free_port()
+    env = service_env(
+        DATABASE_URL=None,
+        BROKER_URL=None,
+        LISTENERS_CONFIG=str(write_listeners_config(tmp_path / "l.yaml", project_listeners())),
+    )
+    service = Service.start("serve", serve(port), env=env, cwd=tmp_path, log_dir=tmp_path)
+    try:
+        response = wait_for_http(f"http://127.0.0.1:{port}/warehouse/products", [service])
+        assert response.json() == []
+        assert service.returncode() is None
+    finally:
+        service.terminate()

@@ -3,6 +3,11 @@
 The drain publishes a backlog first, so that RabbitMQ has many deliveries
 ready when the worker starts: its consumer then hands the listener actor
 several at a time (at most LISTENER_BATCH_SIZE), and acks every one of them.
+
+This pins what the listeners' consumer leans on in Dramatiq
+(``rabbitmq.consumer``): its private RabbitMQ consumer class, subclassed,
+and a never-started ``WorkerThread`` whose ``process_message`` runs a
+batch in the consumer thread itself.
 """
 
 from __future__ import annotations
@@ -16,13 +21,13 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from cqrs_warehouse.messaging.outbox import OutboxRecord
-from cqrs_warehouse.messaging.testing import create_watcher_table, watched_messages
-from cqrs_warehouse.messaging.transport import envelope_from_record, send_to_actor
-from cqrs_warehouse.warehouse.commands import increase_product_quantity
-from tests.conftest import unique_name
-from tests.e2e.harness import assert_eventually
-from tests.integration.test_rabbitmq_drain import Installation
+from cqrs_warehouse.messaging.envelope import envelope_from_record
+from cqrs_warehouse.messaging.listening.actors import send_envelope
+from cqrs_warehouse.messaging.storage.models import OutboxRecord
+from tests.broker.conftest import OnRabbitmq
+from tests.slices.recorders import watched_messages
+from tests.support.services import unique_name
+from tests.support.waiting import eventually
 
 
 class Processed(Middleware):
@@ -43,10 +48,10 @@ class Processed(Middleware):
 
 
 @contextmanager
-def worker_on(installation: Installation, listener: str) -> Iterator[Processed]:
+def worker_on(installation: OnRabbitmq, listener: str) -> Iterator[Processed]:
     """A Dramatiq worker consuming ``listener``'s queue, and what it processed."""
     runtime = installation.runtime
-    processed = Processed(runtime.listener_actors[listener].actor_name)
+    processed = Processed(runtime.actors.listeners[listener].actor_name)
     runtime.broker.add_middleware(processed)
     worker = dramatiq.Worker(
         runtime.broker, queues={installation.queue(listener)}, worker_threads=2
@@ -59,15 +64,14 @@ def worker_on(installation: Installation, listener: str) -> Iterator[Processed]:
 
 
 def test_a_worker_applies_ready_deliveries_in_batches_each_once_and_acks_them_all(
-    installations: Callable[..., Installation],
+    on_rabbitmq: Callable[..., OnRabbitmq],
 ) -> None:
-    installation = installations()
+    installation = on_rabbitmq(LISTENER_BATCH_SIZE="8")
     runtime = installation.runtime
-    runtime.broker.listener_batch_size = 8  # read when the worker's consumers start
-    create_watcher_table()
+    commands = runtime.services["warehouse"].commands
     skus = [unique_name("sku") for _ in range(5)]
-    ids = [increase_product_quantity(sku, n).id for n in range(1, 13) for sku in skus]
-    assert runtime.drain.run() == len(ids)
+    ids = [commands.increase_product_quantity(sku, n).id for n in range(1, 13) for sku in skus]
+    assert runtime.actors.drain.run() == len(ids)
     assert installation.queued("everything") == len(ids)
 
     with worker_on(installation, "everything") as counts:
@@ -75,7 +79,7 @@ def test_a_worker_applies_ready_deliveries_in_batches_each_once_and_acks_them_al
         def all_applied() -> None:
             assert len(watched_messages()) == len(ids)
 
-        assert_eventually(all_applied)
+        eventually(all_applied, timeout=30)
 
     watched = watched_messages()
     assert Counter(m.id for m in watched) == Counter(ids)  # each exactly once
@@ -90,32 +94,32 @@ def test_a_worker_applies_ready_deliveries_in_batches_each_once_and_acks_them_al
 
 
 def test_the_consumer_thread_applies_its_deliveries_itself_and_dramatiq_messages_go_to_workers(
-    installations: Callable[..., Installation],
+    on_rabbitmq: Callable[..., OnRabbitmq],
 ) -> None:
-    installation = installations()
+    installation = on_rabbitmq()
     runtime = installation.runtime
-    create_watcher_table()
+    commands = runtime.services["warehouse"].commands
     sku = unique_name("sku")
-    ids = [increase_product_quantity(sku, n).id for n in range(1, 6)]
+    ids = [commands.increase_product_quantity(sku, n).id for n in range(1, 6)]
     # The first event again, as a Dramatiq message (how a retry or a resend
     # of a held message arrives): the listener recognises it as a duplicate.
     first = OutboxRecord.get(OutboxRecord.message_id == ids[0])
     resend = envelope_from_record(first)
-    assert runtime.drain.run() == len(ids)
+    assert runtime.actors.drain.run() == len(ids)
 
-    actor = runtime.listener_actors["everything"]
+    actor = runtime.actors.listeners["everything"]
     with worker_on(installation, "everything") as threads:
 
         def all_applied() -> None:
             assert len(watched_messages()) == len(ids)
 
-        assert_eventually(all_applied)
-        send_to_actor(runtime.broker, actor.actor_name, resend)
+        eventually(all_applied, timeout=30)
+        send_envelope(runtime.broker, actor.actor_name, resend)
 
         def resend_processed() -> None:
             assert ("WorkerThread", 1) in threads.seen
 
-        assert_eventually(resend_processed)
+        eventually(resend_processed, timeout=30)
 
     assert [m.id for m in watched_messages()] == ids  # in order, the resend not again
     deliveries = [count for kind, count in threads.seen if kind == "ConsumerThread"]

@@ -15,18 +15,23 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import (
+from tests.processes.state import (
     INCREASED,
     NOTIFIED,
     SHIPPED,
-    Installation,
-    assert_eventually,
+    all_messages,
+    messages,
     normalized,
+    notifier_quantity,
     one,
+    outbox_size,
+    received_by_shipment_recorder,
     summary,
+    wait,
 )
+from tests.support.installation import Installation
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.processes
 
 INSUFFICIENT = "Insufficient quantity on hand."
 
@@ -49,18 +54,18 @@ def published_eventually(
     """Wait until the watcher has received exactly ``expected`` about ``sku``."""
 
     def check() -> None:
-        assert summary(installation.messages(sku)) == normalized(expected)
+        assert summary(messages(installation, sku)) == normalized(expected)
 
-    assert_eventually(check)
+    wait(check)
 
 
 def notifier_eventually_holds(installation: Installation, sku: str, quantity: int) -> None:
     """Wait until the notifier has applied the events that leave ``sku`` at ``quantity``."""
 
     def check() -> None:
-        assert installation.notifier_quantity(sku) == quantity
+        assert notifier_quantity(installation, sku) == quantity
 
-    assert_eventually(check)
+    wait(check)
 
 
 def assert_ok(response: Any) -> dict[str, Any]:
@@ -80,9 +85,9 @@ def assert_bad_request(response: Any) -> dict[str, Any]:
 
 
 def test_a_new_installation_answers_its_first_products_request_with_an_empty_list(
-    installation: Installation,
+    first_products_response: Any,
 ) -> None:
-    response = installation.first_products_response
+    response = first_products_response
     assert response is not None
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("application/json")
@@ -93,12 +98,12 @@ def test_a_new_installation_answers_its_first_products_request_with_an_empty_lis
 
 
 def test_increasing_a_product_returns_200_and_publishes_one_product_quantity_increased(
-    installation: Installation, sku: str
+    scenarios: Installation, sku: str
 ) -> None:
-    body = assert_ok(installation.increase(sku, 50))
+    body = assert_ok(scenarios.increase(sku, 50))
 
-    published_eventually(installation, sku, [increased(sku, 50)])
-    message = one(installation.messages(sku))
+    published_eventually(scenarios, sku, [increased(sku, 50)])
+    message = one(messages(scenarios, sku))
     assert message.type == INCREASED
     assert message.schema_version == 1
     assert message.payload == {"sku": sku, "quantity": 50}
@@ -120,32 +125,32 @@ def test_increasing_a_product_returns_200_and_publishes_one_product_quantity_inc
     ],
 )
 def test_an_invalid_increase_is_refused_with_400_and_publishes_nothing(
-    installation: Installation, sku: str, body: Any
+    scenarios: Installation, sku: str, body: Any
 ) -> None:
     path = f"/warehouse/products/{sku}/increase_quantity"
     if isinstance(body, bytes):
-        response = installation.post(path, raw=body)
+        response = scenarios.post(path, raw=body)
     else:
-        response = installation.post(path, body)
+        response = scenarios.post(path, body)
     assert_bad_request(response)
 
     # A later, valid command on the same SKU: once it is seen, anything the
     # refused one had published would have been seen before it.
-    assert_ok(installation.increase(sku, 1))
-    published_eventually(installation, sku, [increased(sku, 1)])
+    assert_ok(scenarios.increase(sku, 1))
+    published_eventually(scenarios, sku, [increased(sku, 1)])
 
 
 # --- 4 ----------------------------------------------------------------------
 
 
 def test_shipping_an_unknown_sku_is_refused_with_insufficient_quantity_and_publishes_nothing(
-    installation: Installation, sku: str
+    scenarios: Installation, sku: str
 ) -> None:
-    body = assert_bad_request(installation.ship(sku, 40))
+    body = assert_bad_request(scenarios.ship(sku, 40))
     assert INSUFFICIENT in (body.get("title"), body.get("description")), body
 
-    assert_ok(installation.increase(sku, 1))
-    published_eventually(installation, sku, [increased(sku, 1)])
+    assert_ok(scenarios.increase(sku, 1))
+    published_eventually(scenarios, sku, [increased(sku, 1)])
 
 
 # --- 5 ----------------------------------------------------------------------
@@ -153,140 +158,138 @@ def test_shipping_an_unknown_sku_is_refused_with_insufficient_quantity_and_publi
 
 @pytest.mark.parametrize("quantity", [10, 5])
 def test_with_ten_on_hand_shipping_eleven_fails_and_shipping_ten_or_five_notifies_once(
-    installation: Installation, sku: str, quantity: int
+    scenarios: Installation, sku: str, quantity: int
 ) -> None:
-    assert_ok(installation.increase(sku, 10))
+    assert_ok(scenarios.increase(sku, 10))
 
-    body = assert_bad_request(installation.ship(sku, 11))
+    body = assert_bad_request(scenarios.ship(sku, 11))
     assert INSUFFICIENT in (body.get("title"), body.get("description")), body
-    published_eventually(installation, sku, [increased(sku, 10)])
+    published_eventually(scenarios, sku, [increased(sku, 10)])
 
-    assert_ok(installation.ship(sku, quantity))
+    assert_ok(scenarios.ship(sku, quantity))
     published_eventually(
-        installation, sku, [increased(sku, 10), shipped(sku, quantity), notified(sku)]
+        scenarios, sku, [increased(sku, 10), shipped(sku, quantity), notified(sku)]
     )
-    assert installation.notifier_quantity(sku) == 10 - quantity
+    assert notifier_quantity(scenarios, sku) == 10 - quantity
 
 
 # --- 6 ----------------------------------------------------------------------
 
 
 def test_with_fifty_on_hand_shipping_forty_publishes_increased_and_shipped_and_no_notification(
-    installation: Installation, sku: str
+    scenarios: Installation, sku: str
 ) -> None:
-    assert_ok(installation.increase(sku, 50))
-    assert_ok(installation.ship(sku, 40))
+    assert_ok(scenarios.increase(sku, 50))
+    assert_ok(scenarios.ship(sku, 40))
 
-    published_eventually(installation, sku, [increased(sku, 50), shipped(sku, 40)])
+    published_eventually(scenarios, sku, [increased(sku, 50), shipped(sku, 40)])
     # Once the notifier has applied the shipment, a notification would be in
     # the outbox already; a later message about the SKU then comes after it.
-    notifier_eventually_holds(installation, sku, 10)
-    assert_ok(installation.increase(sku, 1))
-    published_eventually(
-        installation, sku, [increased(sku, 50), shipped(sku, 40), increased(sku, 1)]
-    )
-    assert installation.messages(sku, NOTIFIED) == []
+    notifier_eventually_holds(scenarios, sku, 10)
+    assert_ok(scenarios.increase(sku, 1))
+    published_eventually(scenarios, sku, [increased(sku, 50), shipped(sku, 40), increased(sku, 1)])
+    assert messages(scenarios, sku, NOTIFIED) == []
 
 
 # --- 7 ----------------------------------------------------------------------
 
 
 def test_the_products_view_eventually_lists_what_is_left_after_increasing_30_and_shipping_20(
-    installation: Installation, sku: str
+    scenarios: Installation, sku: str
 ) -> None:
-    assert_ok(installation.increase(sku, 30))
-    assert_ok(installation.ship(sku, 20))
+    assert_ok(scenarios.increase(sku, 30))
+    assert_ok(scenarios.ship(sku, 20))
 
     def listed() -> None:
-        products = installation.products()
+        products = scenarios.products()
         assert [p for p in products if p["sku"] == sku] == [{"sku": sku, "quantity": 10}]
         assert products == sorted(products, key=lambda p: p["sku"])
 
-    assert_eventually(listed)
+    wait(listed)
 
 
 # --- 8 ----------------------------------------------------------------------
 
 
 def test_the_notifier_fed_increased_10_shipped_4_shipped_1_notifies_exactly_once(
-    installation: Installation, sku: str
+    scenarios: Installation, sku: str
 ) -> None:
     # Back to back, as a client would: the notifier must still apply the
     # SKU's events in the order they were committed (10, then 6, then 5).
-    assert_ok(installation.increase(sku, 10))
-    assert_ok(installation.ship(sku, 4))
-    assert_ok(installation.ship(sku, 1))
-    notifier_eventually_holds(installation, sku, 5)
+    assert_ok(scenarios.increase(sku, 10))
+    assert_ok(scenarios.ship(sku, 4))
+    assert_ok(scenarios.ship(sku, 1))
+    notifier_eventually_holds(scenarios, sku, 5)
 
     published_eventually(
-        installation, sku, [increased(sku, 10), shipped(sku, 4), shipped(sku, 1), notified(sku)]
+        scenarios, sku, [increased(sku, 10), shipped(sku, 4), shipped(sku, 1), notified(sku)]
     )
     # Every notification the shipments caused is committed by now; one more
     # message about the SKU, once seen, comes after any of them.
-    assert_ok(installation.increase(sku, 1))
+    assert_ok(scenarios.increase(sku, 1))
     published_eventually(
-        installation,
+        scenarios,
         sku,
         [increased(sku, 10), shipped(sku, 4), shipped(sku, 1), notified(sku), increased(sku, 1)],
     )
-    assert len(installation.messages(sku, NOTIFIED)) == 1
+    assert len(messages(scenarios, sku, NOTIFIED)) == 1
 
 
 # --- beyond the numbered scenarios ----------------------------------------
 
 
 def test_a_user_defined_listener_receives_exactly_the_shipped_messages(
-    installation: Installation, sku: str
+    scenarios: Installation, sku: str
 ) -> None:
-    assert_ok(installation.increase(sku, 10))
-    assert_ok(installation.ship(sku, 3))
-    assert_ok(installation.ship(sku, 2))  # leaves 5: a notification follows
+    assert_ok(scenarios.increase(sku, 10))
+    assert_ok(scenarios.ship(sku, 3))
+    assert_ok(scenarios.ship(sku, 2))  # leaves 5: a notification follows
     published_eventually(
-        installation, sku, [increased(sku, 10), shipped(sku, 3), shipped(sku, 2), notified(sku)]
+        scenarios, sku, [increased(sku, 10), shipped(sku, 3), shipped(sku, 2), notified(sku)]
     )
 
-    def custom_listener_has(count: int) -> None:
-        assert len(installation.received_by_custom_listener(sku)) == count
+    def recorder_has(count: int) -> None:
+        assert len(received_by_shipment_recorder(scenarios, sku)) == count
 
-    assert_eventually(lambda: custom_listener_has(2))
+    wait(lambda: recorder_has(2))
     # The increase and the notification were published before this control
-    # shipment: once the custom listener has it, it would have had them too.
-    assert_ok(installation.ship(sku, 1))
-    assert_eventually(lambda: custom_listener_has(3))
+    # shipment: once the user's listener has it, it would have had them too.
+    assert_ok(scenarios.ship(sku, 1))
+    wait(lambda: recorder_has(3))
 
-    shipped_ids = sorted(m.id for m in installation.messages(sku, SHIPPED))
-    received = installation.received_by_custom_listener(sku)
+    shipped_ids = sorted(m.id for m in messages(scenarios, sku, SHIPPED))
+    received = received_by_shipment_recorder(scenarios, sku)
     assert sorted(r.message_id for r in received) == shipped_ids
     assert {r.type for r in received} == {SHIPPED}
     assert sorted(r.quantity for r in received) == [1, 2, 3]
 
 
 def test_every_published_message_carries_a_unique_id_that_the_command_returned(
-    installation: Installation, sku: str
+    scenarios: Installation, sku: str
 ) -> None:
     returned = [
-        assert_ok(installation.increase(sku, 5))["message_id"],
-        assert_ok(installation.increase(sku, 5))["message_id"],
-        assert_ok(installation.ship(sku, 1))["message_id"],
+        assert_ok(scenarios.increase(sku, 5))["message_id"],
+        assert_ok(scenarios.increase(sku, 5))["message_id"],
+        assert_ok(scenarios.ship(sku, 1))["message_id"],
     ]
-    published_eventually(installation, sku, [increased(sku, 5), increased(sku, 5), shipped(sku, 1)])
+    published_eventually(scenarios, sku, [increased(sku, 5), increased(sku, 5), shipped(sku, 1)])
 
-    ids = [m.id for m in installation.messages(sku)]
+    ids = [m.id for m in messages(scenarios, sku)]
     assert sorted(ids) == sorted(returned)
     assert len(set(ids)) == 3
     for message_id in ids:
         uuid.UUID(message_id)
-    everything = [m.id for m in installation.all_messages()]
+    everything = [m.id for m in all_messages(scenarios)]
     assert len(everything) == len(set(everything)), "a message id was received twice"
 
 
 def test_the_outbox_is_empty_once_every_message_is_published(
-    installation: Installation, sku: str
+    scenarios: Installation, sku: str
 ) -> None:
-    assert_ok(installation.increase(sku, 7))
-    published_eventually(installation, sku, [increased(sku, 7)])
+    assert_ok(scenarios.increase(sku, 7))
+    published_eventually(scenarios, sku, [increased(sku, 7)])
 
     def outbox_empty() -> None:
-        assert installation.outbox_size() == 0
+        assert outbox_size(scenarios) == 0
 
-    assert_eventually(outbox_empty)
+    wait(outbox_empty)

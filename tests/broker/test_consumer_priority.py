@@ -13,13 +13,10 @@ import dramatiq
 import pika
 import pytest
 
-from cqrs_warehouse.messaging.broker import (
-    EventRoutingRabbitmqBroker,
-    consumer_priority,
-    worker_process_index,
-)
-from cqrs_warehouse.messaging.transport import AVRO_CONTENT_TYPE
-from tests.conftest import BROKER_URL
+from cqrs_warehouse.messaging.rabbitmq.broker import ListenerRoutingBroker
+from cqrs_warehouse.messaging.rabbitmq.consumer import consumer_priority, worker_process_index
+from cqrs_warehouse.messaging.rabbitmq.wire import AVRO_CONTENT_TYPE
+from tests.support.services import BROKER_URL
 
 QUEUES = ["view", "notifier", "archive"]
 
@@ -76,7 +73,7 @@ def _report_index(reports: Any) -> None:
 
 
 def consumer_in_process(
-    monkeypatch: pytest.MonkeyPatch, broker: EventRoutingRabbitmqBroker, queue: str, index: int
+    monkeypatch: pytest.MonkeyPatch, broker: ListenerRoutingBroker, queue: str, index: int
 ) -> Any:
     """The broker's consumer of ``queue`` as worker process ``index`` opens it."""
     process = SimpleNamespace(name=f"Process-{index + 1}")
@@ -121,7 +118,7 @@ def test_a_listener_queues_deliveries_go_to_its_preferred_process_and_to_the_oth
     monkeypatch, queue
 ):
     # The queue is the second listener's: with two processes, process 1's.
-    broker = EventRoutingRabbitmqBroker(
+    broker = ListenerRoutingBroker(
         url=BROKER_URL, middleware=[], listener_queues=["first", queue, "third"]
     )
     dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"listener.{queue}")(print)
