@@ -52,7 +52,6 @@ def start_installation(
             installation = FaultInstallation.create(
                 postgres, tmp_path / name, name=f"fault_{name}", settings={"LOG_FORMAT": "json"}
             )
-            assert isinstance(installation, FaultInstallation)
             stack.callback(_close, request, installation, request.session.testsfailed)
             installation.start_api(workers=web_workers)
             installation.start_fault_workers(module=worker_module, env=worker_env)

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psutil
 import requests
@@ -98,7 +98,7 @@ class Installation:
         database_name: str | None = None,
         queue_prefix: str | None = None,
         broker_url: str = BROKER_URL,
-    ) -> Installation:
+    ) -> Self:
         """A new database (a copy of ``template``, already migrated, else migrated
         now), a queue prefix and a listeners.yaml (default: the project's
         listeners and the watcher); no process runs yet."""
@@ -206,7 +206,7 @@ class Installation:
         """The PIDs of dramatiq's worker processes (not its Prometheus fork): those
         that hold a connection to RabbitMQ."""
         workers = workers or self.current("dramatiq")
-        amqp_port = urllib.parse.urlsplit(self.env["BROKER_URL"]).port or 5672
+        amqp_port = urllib.parse.urlsplit(self.broker_url).port or 5672
         pids = []
         for process in _descendants(workers.pid):
             with contextlib.suppress(psutil.Error):
@@ -251,13 +251,18 @@ class Installation:
                 delete_from_broker(
                     broker_names(self.queue_prefix, [e["name"] for e in self.listeners]),
                     [f"{self.queue_prefix}{EXCHANGE}"],
-                    self.env["BROKER_URL"],
+                    self.broker_url,
                 )
             finally:
                 if drop_database:
                     self.postgres.drop(self.database_url.rsplit("/", 1)[1])
 
     # --- HTTP -------------------------------------------------------------
+
+    @property
+    def broker_url(self) -> str:
+        """Its RabbitMQ (the tests' one when it runs without: the embedded default)."""
+        return self.env.get("BROKER_URL") or BROKER_URL
 
     @property
     def base_url(self) -> str:
