@@ -1,5 +1,11 @@
-"""PostgreSQL transactions whose BEGIN travels with their first statement
-(messaging.database.DeferredBeginPostgresqlDatabase), against the real server."""
+"""PostgreSQL transactions whose BEGIN travels with their first statement, and
+statements deferred to the next one or the COMMIT
+(messaging/storage/postgres.py ``DeferredPostgresql``), against the real server.
+
+Some tests close the connection under peewee to play a database restart: they
+pin peewee's per-thread state (``_state``), which the source itself relies on
+in messaging/storage/postgres.py and database.py (peewee has no public way).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,32 @@ import peewee
 import psycopg2
 import pytest
 
-from cqrs_warehouse.messaging.database import DeferredBeginPostgresqlDatabase
-from cqrs_warehouse.messaging.listener_state import ProcessedMessage, first_time
-from tests.conftest import unique_name
+from cqrs_warehouse.messaging.errors import (
+    DatabaseUnavailableError,
+    MissingTableError,
+    StorageError,
+    TransientStorageError,
+)
+from cqrs_warehouse.messaging.storage.database import PostgresDatabase, open_database
+from cqrs_warehouse.messaging.storage.models import ProcessedMessage
+from cqrs_warehouse.messaging.storage.postgres import DeferredPostgresql
+from tests.db.listening import record_queries
+from tests.support.services import unique_name
 
-# The `db` fixture, on PostgreSQL only (SQLite's transactions begin as peewee does).
-pytestmark = pytest.mark.parametrize("db", ["postgres"], indirect=True)
+# The runtime fixture, on PostgreSQL only (SQLite's transactions begin as peewee does).
+pytestmark = pytest.mark.parametrize("runtime", ["postgres"], indirect=True)
 
 
 @pytest.fixture
-def pg(db: peewee.Database) -> peewee.Database:
-    assert isinstance(db, DeferredBeginPostgresqlDatabase)
-    return db
+def pg(runtime) -> PostgresDatabase:
+    assert isinstance(runtime.database, DeferredPostgresql)
+    return runtime.database
+
+
+@pytest.fixture
+def first_time(runtime):
+    """``Positions.first_time``: records a message id as applied by a listener."""
+    return runtime.storage.positions.first_time
 
 
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
@@ -42,7 +62,7 @@ def seen_from_another_connection(db: peewee.Database, message_id: str) -> bool:
         other.close()
 
 
-def test_the_first_statement_of_a_transaction_is_inside_it(pg):
+def test_the_first_statement_of_a_transaction_is_inside_it(pg, first_time):
     first, second = unique_name("m"), unique_name("m")
     with pytest.raises(RuntimeError), pg.atomic():
         assert status(pg) == IDLE  # BEGIN not sent on its own...
@@ -56,7 +76,7 @@ def test_the_first_statement_of_a_transaction_is_inside_it(pg):
     assert not seen_from_another_connection(pg, first)
 
 
-def test_a_committed_transaction_is_visible_and_the_connection_leaves_it(pg):
+def test_a_committed_transaction_is_visible_and_the_connection_leaves_it(pg, first_time):
     message_id = unique_name("m")
     with pg.atomic():
         first_time("rec", message_id)
@@ -64,7 +84,9 @@ def test_a_committed_transaction_is_visible_and_the_connection_leaves_it(pg):
     assert status(pg) == IDLE
 
 
-def test_a_transaction_without_statements_sends_nothing_and_leaves_no_transaction_open(pg):
+def test_a_transaction_without_statements_sends_nothing_and_leaves_no_transaction_open(
+    pg, first_time
+):
     with pg.atomic():
         pass
     with pytest.raises(RuntimeError), pg.atomic():
@@ -74,7 +96,7 @@ def test_a_transaction_without_statements_sends_nothing_and_leaves_no_transactio
     assert seen_from_another_connection(pg, message_id)
 
 
-def test_savepoints_inside_a_deferred_transaction_roll_back_only_their_part(pg):
+def test_savepoints_inside_a_deferred_transaction_roll_back_only_their_part(pg, first_time):
     kept, undone = unique_name("m"), unique_name("m")
     with pg.atomic():
         with pytest.raises(RuntimeError), pg.atomic():  # the savepoint carries BEGIN
@@ -85,9 +107,9 @@ def test_savepoints_inside_a_deferred_transaction_roll_back_only_their_part(pg):
     assert not seen_from_another_connection(pg, undone)
 
 
-def test_a_begin_deferred_on_a_connection_since_closed_is_not_sent_on_the_next(pg):
+def test_a_begin_deferred_on_a_connection_since_closed_is_not_sent_on_the_next(pg, first_time):
     pg.begin()  # deferred; then the connection goes away (a database restart)
-    pg._state.conn.close()
+    pg._state.conn.close()  # (pins peewee's _state: see the module's docstring)
     pg._state.reset()
     message_id = unique_name("m")
     first_time("rec", message_id)  # a new connection, in autocommit
@@ -95,20 +117,6 @@ def test_a_begin_deferred_on_a_connection_since_closed_is_not_sent_on_the_next(p
 
 
 # --- deferred statements (DeferredBeginPostgresqlDatabase.defer) ---------------
-
-
-def record_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """From now on, each query string the database sends to PostgreSQL: one
-    per round trip."""
-    queries: list[str] = []
-    send = peewee.PostgresqlDatabase.execute_sql
-
-    def recording(self: peewee.Database, sql: str, params: object = None) -> object:
-        queries.append(sql)
-        return send(self, sql, params)
-
-    monkeypatch.setattr(peewee.PostgresqlDatabase, "execute_sql", recording)
-    return queries
 
 
 @pytest.fixture
@@ -119,7 +127,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 INSERT = "INSERT INTO messaging.messaging_processed_messages (listener, message_id) VALUES (%s, %s)"
 
 
-def test_a_deferred_statement_goes_with_the_commit_in_one_round_trip(pg, sent):
+def test_a_deferred_statement_goes_with_the_commit_in_one_round_trip(pg, sent, first_time):
     first, deferred = unique_name("m"), unique_name("m")
     with pg.atomic():
         first_time("rec", first)
@@ -134,7 +142,9 @@ def test_a_deferred_statement_goes_with_the_commit_in_one_round_trip(pg, sent):
     assert status(pg) == IDLE
 
 
-def test_a_deferred_statement_runs_before_the_next_statement_of_its_transaction(pg, sent):
+def test_a_deferred_statement_runs_before_the_next_statement_of_its_transaction(
+    pg, sent, first_time
+):
     message_id = unique_name("m")
     with pg.atomic():
         pg.defer(INSERT, ("rec", message_id))
@@ -144,7 +154,9 @@ def test_a_deferred_statement_runs_before_the_next_statement_of_its_transaction(
     assert seen_from_another_connection(pg, message_id)
 
 
-def test_deferred_values_holding_percent_signs_travel_before_a_statement_with_values(pg, sent):
+def test_deferred_values_holding_percent_signs_travel_before_a_statement_with_values(
+    pg, sent, first_time
+):
     deferred, then, last = unique_name("100%s%%"), unique_name("m"), unique_name("%(x)s%")
     with pg.atomic():
         first_time("rec", unique_name("m"))
@@ -156,7 +168,9 @@ def test_deferred_values_holding_percent_signs_travel_before_a_statement_with_va
         assert seen_from_another_connection(pg, message_id)
 
 
-def test_a_transaction_that_only_deferred_sends_begin_statements_and_commit_at_once(pg, sent):
+def test_a_transaction_that_only_deferred_sends_begin_statements_and_commit_at_once(
+    pg, sent, first_time
+):
     message_id = unique_name("m")
     with pg.atomic():
         pg.defer(INSERT, ("rec", message_id))
@@ -165,7 +179,7 @@ def test_a_transaction_that_only_deferred_sends_begin_statements_and_commit_at_o
     assert seen_from_another_connection(pg, message_id)
 
 
-def test_a_deferred_statement_of_a_transaction_rolled_back_is_never_sent(pg, sent):
+def test_a_deferred_statement_of_a_transaction_rolled_back_is_never_sent(pg, sent, first_time):
     message_id = unique_name("m")
     with pytest.raises(RuntimeError), pg.atomic():
         pg.defer(INSERT, ("rec", message_id))
@@ -175,7 +189,7 @@ def test_a_deferred_statement_of_a_transaction_rolled_back_is_never_sent(pg, sen
     assert status(pg) == IDLE
 
 
-def test_a_rollback_to_a_savepoint_drops_what_was_deferred_inside_it_only(pg):
+def test_a_rollback_to_a_savepoint_drops_what_was_deferred_inside_it_only(pg, first_time):
     before, inside, after = unique_name("m"), unique_name("m"), unique_name("m")
     with pg.atomic():
         pg.defer(INSERT, ("rec", before))
@@ -188,30 +202,33 @@ def test_a_rollback_to_a_savepoint_drops_what_was_deferred_inside_it_only(pg):
     assert seen_from_another_connection(pg, after)
 
 
-def test_a_failing_deferred_statement_fails_the_commit_and_undoes_the_transaction(pg):
+def test_a_failing_deferred_statement_fails_the_commit_and_undoes_the_transaction(pg, first_time):
     taken, first = unique_name("m"), unique_name("m")
     first_time("rec", taken)  # committed: inserting it again violates the key
-    with pytest.raises(peewee.IntegrityError), pg.atomic():
+    with pytest.raises(StorageError) as refused, pg.atomic():
         first_time("rec", first)
         pg.defer(INSERT, ("rec", taken))
+    assert not isinstance(refused.value, TransientStorageError)  # a constraint: it stays
     assert not seen_from_another_connection(pg, first)
     assert status(pg) == IDLE
     first_time("rec", unique_name("m"))  # the connection goes on
 
 
-def test_a_deferred_statement_outside_a_transaction_runs_at_once(pg):
+def test_a_deferred_statement_outside_a_transaction_runs_at_once(pg, first_time):
     message_id = unique_name("m")
     pg.defer(INSERT, ("rec", message_id))
     assert seen_from_another_connection(pg, message_id)
 
 
-def test_a_deferred_statement_is_lost_with_its_connection_and_the_next_transaction_runs(pg):
+def test_a_deferred_statement_is_lost_with_its_connection_and_the_next_transaction_runs(
+    pg, first_time
+):
     lost = unique_name("m")
-    with pytest.raises(peewee.InterfaceError), pg.atomic():
+    with pytest.raises(DatabaseUnavailableError), pg.atomic():
         first_time("rec", unique_name("m"))
         pg.defer(INSERT, ("rec", lost))
-        pg._state.conn.close()  # the database went away
-    pg._state.reset()
+        pg._state.conn.close()  # the database went away (pins peewee's _state)
+    pg.discard_broken_connection()
     message_id = unique_name("m")
     with pg.atomic():
         first_time("rec", message_id)
@@ -220,26 +237,24 @@ def test_a_deferred_statement_is_lost_with_its_connection_and_the_next_transacti
 
 
 def test_the_commit_of_a_transaction_that_an_error_aborted_raises_instead_of_rolling_back_quietly(
-    pg,
+    pg, first_time
 ):
     message_id = unique_name("m")
-    with pytest.raises(peewee.InternalError, match="aborted"), pg.atomic():
+    with pytest.raises(StorageError, match="aborted"), pg.atomic():
         first_time("rec", message_id)
-        with pytest.raises(peewee.ProgrammingError):
+        with pytest.raises(MissingTableError):
             pg.execute_sql("SELECT * FROM no_such_table")  # caught: the transaction is aborted
     assert not seen_from_another_connection(pg, message_id)
     assert status(pg) == IDLE
 
 
-def test_with_a_pool_url_deferred_statements_run_at_once(pg, _migrated):
-    from cqrs_warehouse.messaging.database import execute_prepared, open_database
-
-    pooled = open_database("postgresql+pool://" + _migrated["postgres"].split("://", 1)[1])
+def test_with_a_pool_url_deferred_statements_run_at_once(pg, migrated):
+    pooled = open_database("postgresql+pool://" + migrated["postgres"].split("://", 1)[1])
     try:
-        assert not isinstance(pooled, DeferredBeginPostgresqlDatabase)
+        assert not isinstance(pooled, DeferredPostgresql) and not pooled.defers
         message_id = unique_name("m")
         with pooled.atomic():
-            execute_prepared(INSERT, ("rec", message_id), defer=True)
+            pooled.execute_prepared(INSERT, ("rec", message_id), defer=True)
             assert pooled.execute_sql(
                 "SELECT 1 FROM messaging.messaging_processed_messages WHERE message_id = %s",
                 (message_id,),
@@ -247,4 +262,3 @@ def test_with_a_pool_url_deferred_statements_run_at_once(pg, _migrated):
         assert seen_from_another_connection(pg, message_id)
     finally:
         pooled.close_all()
-        open_database(_migrated["postgres"])  # the other tests' database again

@@ -1,6 +1,7 @@
-"""The drain and the listener actors on Dramatiq's StubBroker, on SQLite and
-PostgreSQL: the outbox is emptied into exactly the listeners whose bindings
-match, and nothing leaves the outbox unless it was published."""
+"""The drain and the listener actors on the in-process transport (Dramatiq's
+StubBroker), on SQLite and PostgreSQL: the outbox is emptied into exactly the
+listeners whose bindings match, and nothing leaves the outbox unless it was
+published."""
 
 from __future__ import annotations
 
@@ -9,57 +10,57 @@ from collections import defaultdict
 
 import dramatiq
 import pytest
-from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
 
-from cqrs_warehouse.messaging import dead_letters, outbox
 from cqrs_warehouse.messaging.drain import Drain
 from cqrs_warehouse.messaging.errors import PublishError
-from cqrs_warehouse.messaging.listeners import build_listener_actor, listener_actor_name
-from cqrs_warehouse.messaging.middleware import DatabaseConnections
-from cqrs_warehouse.messaging.routing import Exchange, ListenerSpec, RetryPolicy, RoutingConfig
-from cqrs_warehouse.messaging.testing import (
-    create_watcher_table,
-    pending_messages,
-    watch,
-    watched_messages,
+from cqrs_warehouse.messaging.inprocess import Delivery, InProcessTransport
+from cqrs_warehouse.messaging.listening.actors import (
+    DatabaseConnections,
+    declare_listener_actor,
+    send_envelope,
 )
-from cqrs_warehouse.messaging.transport import Delivery, InProcessPublisher, send_to_actor
-from cqrs_warehouse.warehouse.commands import (
-    increase_product_quantity,
-    notify_low_product_quantity,
-    ship_product_quantity,
-)
-from tests.conftest import unique_name
+from cqrs_warehouse.messaging.routing import Exchange, RoutingConfig
+from tests.db.listening import listener
+from tests.slices.recorders.listeners import watch, watched_messages
+from tests.support.services import unique_name
 
 
 class Rig:
-    """Listener actors for ``specs`` on a fresh StubBroker, its in-process publisher
-    and a drain, wired as bootstrap wires them."""
+    """Listener actors for ``specs`` on an in-process transport of their own,
+    and a drain, wired as the runtime wires its own (``runtime._Actors``)."""
 
-    def __init__(self, specs: list[ListenerSpec], *, batch_size: int = 500) -> None:
-        self.broker = StubBroker()
-        self.broker.add_middleware(CurrentMessage())
-        self.broker.add_middleware(DatabaseConnections())
-        self.broker.emit_after("process_boot")
+    def __init__(self, runtime, specs, *, batch_size: int = 500) -> None:
+        self.runtime = runtime
         routing = RoutingConfig(
             source="test", exchange=Exchange(name="messaging"), listeners=tuple(specs)
         )
-        self.publisher = InProcessPublisher(
-            self.broker, routing, {spec.name: listener_actor_name(spec) for spec in specs}
-        )
+        self.transport = InProcessTransport(routing)
+        self.broker = broker = self.transport.broker
+        broker.add_middleware(DatabaseConnections(runtime.database))
+        broker.add_middleware(CurrentMessage())
+        for middleware in self.transport.middleware:
+            broker.add_middleware(middleware)
+        broker.emit_after("process_boot")
         prefix = unique_name("q")
         self.actors = {
-            spec.name: build_listener_actor(
-                self.broker,
-                spec,
-                queue_name=f"{prefix}_{spec.name}",
-                registry=outbox.current().registry,
-                on_done=self.publisher.delivered,
+            spec.name: declare_listener_actor(
+                broker, spec, runtime.engine, queue_name=f"{prefix}_{spec.name}"
             )
             for spec in specs
         }
-        self.drain = Drain(self.publisher, batch_size=batch_size)
+        self.publisher = self.transport.publisher
+        self.drain = self.drain_with(self.publisher, batch_size=batch_size)
+
+    def drain_with(self, publisher, *, batch_size: int = 500) -> Drain:
+        runtime = self.runtime
+        return Drain(
+            runtime.database,
+            runtime.storage.outbox,
+            publisher,
+            runtime.metrics,
+            batch_size=batch_size,
+        )
 
     def process(self) -> None:
         """Run one worker until every listener queue (and its delay queue) is done."""
@@ -78,11 +79,11 @@ class Rig:
 
 
 @pytest.fixture
-def rigs(db):
+def rigs(runtime):
     built: list[Rig] = []
 
     def build(specs, **options):
-        rig = Rig(specs, **options)
+        rig = Rig(runtime, specs, **options)
         built.append(rig)
         return rig
 
@@ -91,33 +92,36 @@ def rigs(db):
         rig.close()
 
 
+@pytest.fixture
+def pending(runtime):
+    return runtime.outbox.pending
+
+
 def recorder(name, bindings, received, **options):
     """A listener that appends every message it is handed to ``received[name]``."""
-    return ListenerSpec(
-        name=name,
-        handler_path="tests.db.test_drain:recorder",
-        handler=lambda message: received[name].append(message),
-        bindings=tuple(bindings),
-        **options,
+    return listener(
+        name, lambda message: received[name].append(message), bindings=bindings, **options
     )
 
 
-def two_products(sku):
+def two_products(commands, sku):
     """Commands on two SKUs; their messages, in commit order."""
     other = f"{sku}-b"
     return [
-        increase_product_quantity(sku, 10),
-        ship_product_quantity(sku, 4),
-        increase_product_quantity(other, 7),
-        notify_low_product_quantity(other, 7),
-        ship_product_quantity(sku, 6),
+        commands.increase_product_quantity(sku, 10),
+        commands.ship_product_quantity(sku, 4),
+        commands.increase_product_quantity(other, 7),
+        commands.notify_low_product_quantity(other, 7),
+        commands.ship_product_quantity(sku, 6),
     ]
 
 
 # --- routing ----------------------------------------------------------------
 
 
-def test_drain_delivers_each_message_to_exactly_the_listeners_whose_bindings_match(rigs, sku):
+def test_drain_delivers_each_message_to_exactly_the_listeners_whose_bindings_match(
+    rigs, commands, sku
+):
     received = defaultdict(list)
     rig = rigs(
         [
@@ -126,7 +130,7 @@ def test_drain_delivers_each_message_to_exactly_the_listeners_whose_bindings_mat
             recorder("other_domain", ["Other.#"], received),
         ]
     )
-    sent = two_products(sku)
+    sent = two_products(commands, sku)
     assert rig.drain.run() == len(sent)
     rig.process()
     shipments = [m for m in sent if m.type == "Warehouse.Events.ProductQuantityShipped"]
@@ -135,21 +139,21 @@ def test_drain_delivers_each_message_to_exactly_the_listeners_whose_bindings_mat
     assert received["other_domain"] == []
 
 
-def test_listener_with_several_bindings_gets_a_matching_message_once(rigs, sku):
+def test_listener_with_several_bindings_gets_a_matching_message_once(rigs, commands, sku):
     received = defaultdict(list)
     rig = rigs([recorder("overlapping", ["#", "Warehouse.#", "*.*.*.v1"], received)])
-    message = increase_product_quantity(sku, 3)
+    message = commands.increase_product_quantity(sku, 3)
     rig.drain.run()
     rig.process()
     assert received["overlapping"] == [message]
 
 
-def test_drain_empties_the_outbox_and_the_deliveries(rigs, sku):
+def test_drain_empties_the_outbox_and_the_deliveries(rigs, commands, pending, sku):
     received = defaultdict(list)
     rig = rigs([recorder("everything", ["#"], received), recorder("none", ["Other.#"], received)])
-    two_products(sku)
+    two_products(commands, sku)
     rig.drain.run()
-    assert pending_messages() == []
+    assert pending() == []
     rig.process()
     assert Delivery.select().count() == 0
 
@@ -162,26 +166,25 @@ def test_drain_of_an_empty_outbox_publishes_nothing(rigs):
     assert received == {}
 
 
-def test_watch_records_every_delivered_message_with_its_stream_and_position(rigs, sku):
-    create_watcher_table()
-    rig = rigs([ListenerSpec(name="watcher", handler_path="", handler=watch, bindings=("#",))])
-    sent = two_products(sku)
+def test_watch_records_every_delivered_message_with_its_stream_and_position(rigs, commands, sku):
+    rig = rigs([listener("watcher", watch)])
+    sent = two_products(commands, sku)
     rig.drain.run()
     rig.process()
     assert watched_messages() == sent
     assert [(m.stream, m.position) for m in watched_messages()][:2] == [(sku, 1), (sku, 2)]
 
 
-def test_messages_committed_after_a_drain_are_delivered_by_the_next(rigs, sku):
+def test_messages_committed_after_a_drain_are_delivered_by_the_next(rigs, pending, commands, sku):
     received = defaultdict(list)
     rig = rigs([recorder("everything", ["#"], received)])
-    first = increase_product_quantity(sku, 5)
+    first = commands.increase_product_quantity(sku, 5)
     rig.drain.run()
-    second = ship_product_quantity(sku, 5)
+    second = commands.ship_product_quantity(sku, 5)
     rig.drain.run()
     rig.process()
     assert received["everything"] == [first, second]
-    assert pending_messages() == []
+    assert pending() == []
 
 
 # --- batches and failures ---------------------------------------------------
@@ -208,75 +211,79 @@ class CountingPublisher:
         return self.inner.publish(records)
 
 
-def test_drain_publishes_in_batches_in_outbox_order(rigs, sku):
+def test_drain_publishes_in_batches_in_outbox_order(rigs, commands, pending, sku):
     received = defaultdict(list)
     rig = rigs([recorder("everything", ["#"], received)])
     counting = CountingPublisher(rig.publisher)
-    sent = two_products(sku)
-    assert Drain(counting, batch_size=2).run() == 5
+    sent = two_products(commands, sku)
+    assert rig.drain_with(counting, batch_size=2).run() == 5
     ids = [m.id for m in sent]
     assert counting.batches == [ids[0:2], ids[2:4], ids[4:5]]
-    assert pending_messages() == []
+    assert pending() == []
     rig.process()
     assert received["everything"] == sent
 
 
-def test_publisher_that_raises_leaves_every_row_in_the_outbox(rigs, sku):
+def test_publisher_that_raises_leaves_every_row_in_the_outbox(rigs, commands, pending, sku):
     received = defaultdict(list)
     rig = rigs([recorder("everything", ["#"], received)])
-    sent = two_products(sku)
+    sent = two_products(commands, sku)
     failing = CountingPublisher(rig.publisher, fail_from_call=1)
     with pytest.raises(PublishError):
-        Drain(failing).run()
-    assert pending_messages() == sent
+        rig.drain_with(failing).run()
+    assert pending() == sent
     assert Delivery.select().count() == 0
     rig.process()
     assert received == {}
 
 
-def test_publisher_that_raises_on_a_later_batch_keeps_that_batch_and_the_rest(rigs, sku):
+def test_publisher_that_raises_on_a_later_batch_keeps_that_batch_and_the_rest(
+    rigs, commands, pending, sku
+):
     received = defaultdict(list)
     rig = rigs([recorder("everything", ["#"], received)])
-    sent = two_products(sku)
+    sent = two_products(commands, sku)
     failing = CountingPublisher(rig.publisher, fail_from_call=2)
     with pytest.raises(PublishError):
-        Drain(failing, batch_size=2).run()
-    assert pending_messages() == sent[2:]
+        rig.drain_with(failing, batch_size=2).run()
+    assert pending() == sent[2:]
     rig.process()
     assert received["everything"] == sent[:2]
 
 
-def test_failed_drain_is_completed_by_the_next_run(rigs, sku):
+def test_failed_drain_is_completed_by_the_next_run(rigs, commands, pending, sku):
     received = defaultdict(list)
     rig = rigs([recorder("everything", ["#"], received)])
-    sent = two_products(sku)
+    sent = two_products(commands, sku)
     with pytest.raises(PublishError):
-        Drain(CountingPublisher(rig.publisher, fail_from_call=1)).run()
+        rig.drain_with(CountingPublisher(rig.publisher, fail_from_call=1)).run()
     assert rig.drain.run() == len(sent)
     rig.process()
     assert received["everything"] == sent
-    assert pending_messages() == []
+    assert pending() == []
 
 
-def test_republished_batch_after_a_crash_before_delete_is_applied_once(rigs, sku):
+def test_republished_batch_after_a_crash_before_delete_is_applied_once(
+    rigs, commands, pending, sku
+):
     received = defaultdict(list)
     rig = rigs([recorder("everything", ["#"], received), recorder("shipped", ["#.v1"], received)])
-    sent = two_products(sku)
+    sent = two_products(commands, sku)
     crashing = CountingPublisher(rig.publisher, fail_from_call=1, fail_after_publish=True)
     with pytest.raises(PublishError):
-        Drain(crashing).run()
-    assert pending_messages() == sent  # published, but not deleted
+        rig.drain_with(crashing).run()
+    assert pending() == sent  # published, but not deleted
     rig.drain.run()
     rig.process()
     assert received["everything"] == sent
     assert received["shipped"] == sent
-    assert pending_messages() == []
+    assert pending() == []
 
 
 # --- the listener actor -----------------------------------------------------
 
 
-def test_delivery_that_fails_its_schema_is_dead_lettered_and_never_handed_over(rigs, sku):
+def test_delivery_that_fails_its_schema_is_dead_lettered_and_never_handed_over(rigs, runtime, sku):
     received = defaultdict(list)
     rig = rigs([recorder("everything", ["#"], received)])
     envelope = {
@@ -287,37 +294,33 @@ def test_delivery_that_fails_its_schema_is_dead_lettered_and_never_handed_over(r
         "stream": None,
         "position": None,
     }
-    send_to_actor(rig.broker, rig.actors["everything"].actor_name, envelope)
+    send_envelope(rig.broker, rig.actors["everything"].actor_name, envelope)
     rig.process()
     assert received == {}
-    [letter] = dead_letters.list_letters("everything")
+    [letter] = runtime.dead_letters.list("everything")
     assert (letter.message_id, bool(letter.poison), letter.attempts) == (envelope["id"], True, 1)
 
 
-def test_failing_handler_is_retried_by_the_broker_until_its_last_attempt(rigs, sku):
+def test_failing_handler_is_retried_by_the_broker_until_its_last_attempt(
+    rigs, commands, runtime, sku
+):
     attempts = []
 
     def always_fails(message):
         attempts.append(message.id)
         raise RuntimeError("handler is broken")
 
-    spec = ListenerSpec(
-        name="broken",
-        handler_path="",
-        handler=always_fails,
-        bindings=("#",),
-        retry=RetryPolicy(max_attempts=3, min_delay=0.0, max_delay=0.0),
-    )
+    spec = listener("broken", always_fails, attempts=3)
     rig = rigs([spec])
-    message = increase_product_quantity(sku, 1)
+    message = commands.increase_product_quantity(sku, 1)
     rig.drain.run()
     rig.process()
     assert attempts == [message.id] * 3
-    [letter] = dead_letters.list_letters("broken")
+    [letter] = runtime.dead_letters.list("broken")
     assert (letter.message_id, bool(letter.poison), letter.attempts) == (message.id, False, 3)
 
 
-def test_handler_that_fails_once_is_applied_on_its_retry(rigs, sku):
+def test_handler_that_fails_once_is_applied_on_its_retry(rigs, commands, runtime, sku):
     calls, applied = [], []
 
     def fails_first(message):
@@ -326,17 +329,11 @@ def test_handler_that_fails_once_is_applied_on_its_retry(rigs, sku):
             raise RuntimeError("transient")
         applied.append(message)
 
-    spec = ListenerSpec(
-        name="flaky",
-        handler_path="",
-        handler=fails_first,
-        bindings=("#",),
-        retry=RetryPolicy(max_attempts=3, min_delay=0.0, max_delay=0.0),
-    )
+    spec = listener("flaky", fails_first, attempts=3)
     rig = rigs([spec])
-    message = increase_product_quantity(sku, 1)
+    message = commands.increase_product_quantity(sku, 1)
     rig.drain.run()
     rig.process()
     assert calls == [message.id, message.id]
     assert applied == [message]
-    assert dead_letters.list_letters("flaky") == []
+    assert runtime.dead_letters.list("flaky") == []

@@ -1,58 +1,98 @@
-"""Which worker process drains at once on a notification (middleware.DrainWaker):
-the one holding the installation's advisory lock, on PostgreSQL."""
+"""Which worker process drains at once on a notification (``waking.DrainWaker``):
+the one holding the installation's lock on its LISTEN connection, on PostgreSQL."""
 
 from __future__ import annotations
 
-import peewee
-import psycopg2
+import types
+
 import pytest
 
-from cqrs_warehouse.messaging.middleware import DrainWaker
 from cqrs_warehouse.messaging.testing import eventually
-from tests.conftest import unique_name
+from cqrs_warehouse.messaging.waking import DrainWaker
+from tests.support.services import unique_name
 
-pytestmark = pytest.mark.parametrize("db", ["postgres"], indirect=True)
+# The runtime fixture, on PostgreSQL only (SQLite has no signals between processes).
+pytestmark = pytest.mark.parametrize("runtime", ["postgres"], indirect=True)
 
 
-def waker(channel: str) -> DrainWaker:
+@pytest.fixture
+def subscriptions(runtime):
+    """``subscribe(channel)``: a LISTEN connection of the runtime's signals, closed afterwards."""
+    opened = []
+
+    def subscribe(channel: str):
+        subscription = runtime.storage.signals.subscribe(channel)
+        opened.append(subscription)
+        return subscription
+
+    yield subscribe
+    for subscription in opened:
+        subscription.close()
+
+
+def test_one_process_leads_and_another_takes_over_when_its_connection_goes(subscriptions):
+    channel = unique_name("outbox")
+    first, second = subscriptions(channel), subscriptions(channel)
+    assert first.try_lock(channel) is True
+    assert second.try_lock(channel) is False
+    assert second.try_lock(unique_name("outbox")) is True  # per installation
+    first.close()  # the leading process (or its connection) is gone
+
+    def taken_over() -> None:
+        # (The server releases the lock once the closed session's backend ends.)
+        assert second.try_lock(channel) is True
+
+    eventually(taken_over, timeout=10)
+
+
+def waker(runtime, channel: str, drained: list, swept: list) -> DrainWaker:
     return DrainWaker(
-        lambda: None,
-        database_url="unused",
-        notify_channel=channel,
-        sweep_interval=1.0,
+        database=runtime.database,
+        signals=runtime.storage.signals,
+        drain=lambda: drained.append(1),
+        send_to_drain_actor=lambda: None,
+        drain_queue="outbox_drain",
+        channel=channel,
+        sweep_interval=0.05,
+        on_sweep=lambda: swept.append(1),
     )
 
 
-def connect(db: peewee.Database):
-    connection = psycopg2.connect(dbname=db.database, **db.connect_params)
-    connection.autocommit = True
-    return connection
+def booted(waker: DrainWaker, queues: set[str] | None) -> DrainWaker:
+    """As a worker started with ``--queues`` (None: every queue) boots it."""
+    waker.after_worker_boot(None, types.SimpleNamespace(consumer_whitelist=queues))
+    return waker
 
 
-def test_one_process_leads_and_another_takes_over_when_its_connection_goes(db):
+def test_a_process_that_drains_takes_the_lead(runtime, subscriptions):
     channel = unique_name("outbox")
-    first, second = connect(db), connect(db)
+    drained: list[int] = []
+    leader = booted(waker(runtime, channel, drained, []), None)
     try:
-        assert waker(channel)._try_to_lead(first) is True
-        assert waker(channel)._try_to_lead(second) is False
-        assert waker(unique_name("outbox"))._try_to_lead(second) is True  # per installation
-        first.close()  # the leading process (or its connection) is gone
+        other = subscriptions(channel)
 
-        def taken_over() -> None:
-            # (The server releases the lock once the closed session's backend ends.)
-            assert waker(channel)._try_to_lead(second) is True
+        def leading() -> None:
+            assert drained  # it drained at once, then sweeps
+            assert other.try_lock(channel) is False
 
-        eventually(taken_over, timeout=10)
+        eventually(leading, timeout=10)
     finally:
-        first.close()
-        second.close()
+        leader.stop()
 
 
-def test_a_process_that_does_not_drain_never_leads(db):
-    connection = connect(db)
+def test_a_process_that_does_not_drain_never_leads(runtime, subscriptions):
+    channel = unique_name("outbox")
+    drained: list[int] = []
+    swept: list[int] = []
+    listener_only = booted(waker(runtime, channel, drained, swept), {"some_listener"})
     try:
-        listener_only = waker(unique_name("outbox"))
-        listener_only.drains_here = False
-        assert listener_only._try_to_lead(connection) is False
+        assert listener_only.drains_here is False
+
+        def swept_twice() -> None:
+            assert len(swept) >= 2  # it followed the channel through two sweeps
+
+        eventually(swept_twice, timeout=10)
+        assert subscriptions(channel).try_lock(channel) is True  # the lock was free
+        assert drained == []
     finally:
-        connection.close()
+        listener_only.stop()

@@ -1,131 +1,146 @@
-"""A listener applying several deliveries in one transaction (run_listener_batch).
+"""A listener applying several deliveries in one transaction: ``Engine.apply``
+given several envelopes.
 
-The consumer batches what RabbitMQ has already delivered (see
-tests/integration/test_listener_batches.py); here the batch runner is fed
-envelopes directly, on SQLite and PostgreSQL, through the real Avro round trip.
+The consumer batches what RabbitMQ has already delivered (see the broker
+tier); here the engine is fed envelopes directly, on SQLite and PostgreSQL,
+through the real Avro round trip.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pytest
 
-from cqrs_warehouse.messaging import context, dead_letters, listener_state
-from cqrs_warehouse.messaging.listeners import Outcome, apply_messages, run_listener_batch
-from cqrs_warehouse.messaging.testing import round_trip
+from cqrs_warehouse.messaging import context
+from cqrs_warehouse.messaging.listening import Outcome
 from cqrs_warehouse.warehouse.events import PRODUCT_QUANTITY_INCREASED
-from tests.conftest import unique_name
-from tests.db.test_ordering_and_dead_letters import REGISTRY, envelope_of, event, recorder
+from cqrs_warehouse.warehouse.views.products import quantity_of
+from tests.db.listening import (
+    Retries,
+    envelopes,
+    event,
+    held_positions,
+    listener,
+    position_of,
+    recorder,
+    warehouse_handler,
+)
+from tests.support.services import unique_name
+
+ENGINE_LOGGER = "cqrs_warehouse.messaging.listening.engine"
 
 
-class Retries:
-    """Stands in for the actor's retry_later: what it was asked to retry."""
-
-    def __init__(self) -> None:
-        self.asked: list[tuple[int, int]] = []  # (position, attempt)
-
-    def __call__(self, envelope: dict[str, Any], attempt: int) -> None:
-        self.asked.append((envelope["position"], attempt))
+@pytest.fixture
+def engine(runtime):
+    return runtime.engine
 
 
-def increases(sku: str, *positions: int) -> list[dict[str, Any]]:
-    return [envelope_of(event(PRODUCT_QUANTITY_INCREASED, sku, 1, p)) for p in positions]
+def increases(engine, sku: str, *positions: int) -> list[dict]:
+    return envelopes(engine, *(event(PRODUCT_QUANTITY_INCREASED, sku, 1, p) for p in positions))
 
 
-def position_of(listener: str, stream: str) -> int | None:
-    row = listener_state.StreamPosition.get_or_none(
-        (listener_state.StreamPosition.listener == listener)
-        & (listener_state.StreamPosition.stream == stream)
-    )
-    return None if row is None else row.position
-
-
-def held_positions(listener: str) -> list[int]:
-    query = listener_state.HeldMessage.select().where(
-        listener_state.HeldMessage.listener == listener
-    )
-    return sorted(row.position for row in query)
-
-
-def test_a_batch_is_applied_in_stream_order_whatever_order_its_deliveries_came_in(db, sku):
+def test_a_batch_is_applied_in_stream_order_whatever_order_its_deliveries_came_in(engine, sku):
     seen: list[int] = []
     spec = recorder("rec", seen)
     other = unique_name("sku")
-    batch = (*increases(sku, 3, 1), *increases(other, 1), *increases(sku, 2))
+    batch = [
+        *increases(engine, sku, 3, 1),
+        *increases(engine, other, 1),
+        *increases(engine, sku, 2),
+    ]
     retries = Retries()
 
-    run_listener_batch(spec, batch, REGISTRY, attempt=1, retry_later=retries)
+    outcomes = engine.apply(spec, batch, attempt=1, retry_later=retries)
 
+    assert outcomes == [Outcome.APPLIED] * 4  # in the order of the deliveries
     assert sorted(seen) == [1, 1, 2, 3]
     assert [p for p in seen if p > 1] == [2, 3]  # sku's 2 before its 3: nothing was held
-    assert (position_of("rec", sku), position_of("rec", other)) == (3, 1)
+    assert (position_of(engine, "rec", sku), position_of(engine, "rec", other)) == (3, 1)
     assert held_positions("rec") == []
     assert retries.asked == []
 
 
-def test_a_message_delivered_twice_in_one_batch_is_applied_once(db, sku):
+def test_a_message_delivered_twice_in_one_batch_is_applied_once(engine, sku):
     seen: list[int] = []
     spec = recorder("rec", seen)
-    [first, second] = increases(sku, 1, 2)
+    [first, second] = increases(engine, sku, 1, 2)
 
-    run_listener_batch(spec, (first, second, first), REGISTRY, attempt=1, retry_later=Retries())
+    engine.apply(spec, [first, second, first], attempt=1, retry_later=Retries())
 
     assert seen == [1, 2]
-    assert position_of("rec", sku) == 2
+    assert position_of(engine, "rec", sku) == 2
 
 
-def test_apply_messages_keeps_nothing_of_a_batch_in_which_a_handler_fails(db, sku):
-    seen: list[int] = []
-    spec = recorder("rec", seen, fail_on={2})
-    messages = [round_trip(event(PRODUCT_QUANTITY_INCREASED, sku, 1, p)) for p in (1, 2)]
+def test_nothing_of_a_batch_in_which_a_handler_fails_is_kept(runtime, engine, sku):
+    # The batch's transaction is undone as a whole; then each message is
+    # applied on its own: position 1 once, for good, and 2 sent back.
+    view = warehouse_handler(runtime, "view")
+    calls: list[int] = []
 
-    with pytest.raises(RuntimeError, match="refuses position 2"):
-        apply_messages(spec, messages, REGISTRY)
+    def handle(message) -> None:
+        calls.append(message.position)
+        view.apply(message)
+        if message.position == 2:
+            raise RuntimeError("refuses position 2")
 
-    assert position_of("rec", sku) is None  # position 1's transaction was undone too
-    assert apply_messages(recorder("rec", []), messages, REGISTRY) == [Outcome.APPLIED] * 2
+    spec = listener("rec", handle)
+    retries = Retries()
+
+    outcomes = engine.apply(spec, increases(engine, sku, 1, 2), attempt=1, retry_later=retries)
+
+    assert outcomes == [Outcome.APPLIED, Outcome.RETRIED]
+    assert calls == [1, 2, 1, 2]  # together (undone), then each alone
+    assert quantity_of(sku) == 1  # position 1's write in the batch was undone too
+    assert position_of(engine, "rec", sku) == 1
+    assert retries.asked == [(2, 1)]
 
 
-def test_one_failing_message_is_retried_alone_and_the_rest_of_its_batch_is_applied(db, sku):
+def test_a_batch_of_the_last_attempt_needs_no_retry_later_and_dead_letters(runtime, engine, sku):
+    spec = recorder("rec", [], fail_on={2}, attempts=5)
+    outcomes = engine.apply(spec, increases(engine, sku, 1, 2), attempt=1, final=True)
+    assert outcomes == [Outcome.APPLIED, Outcome.DEAD_LETTERED]
+    [letter] = runtime.dead_letters.list("rec")
+    assert letter.position == 2
+
+
+def test_one_failing_message_is_retried_alone_and_the_rest_of_its_batch_is_applied(
+    runtime, engine, sku
+):
     seen: list[int] = []
     spec = recorder("rec", seen, fail_on={2}, attempts=3)
     other = unique_name("sku")
     retries = Retries()
 
-    run_listener_batch(
+    engine.apply(
         spec,
-        (*increases(sku, 1, 2, 3), *increases(other, 1)),
-        REGISTRY,
+        [*increases(engine, sku, 1, 2, 3), *increases(engine, other, 1)],
         attempt=1,
         retry_later=retries,
     )
 
     assert retries.asked == [(2, 1)]  # position 2, after its first attempt
-    assert position_of("rec", sku) == 1 and position_of("rec", other) == 1
+    assert position_of(engine, "rec", sku) == 1 and position_of(engine, "rec", other) == 1
     assert held_positions("rec") == [3]  # waits for 2, as it would one at a time
-    assert dead_letters.list_letters("rec") == []
+    assert runtime.dead_letters.list("rec") == []
 
     # The retry comes back alone (as a one-envelope message) and succeeds:
     # it releases position 3.
     healed: list[int] = []
-    [retry] = increases(sku, 2)
-    run_listener_batch(recorder("rec", healed), (retry,), REGISTRY, attempt=2, retry_later=retries)
+    [retry] = increases(engine, sku, 2)
+    engine.apply(recorder("rec", healed), [retry], attempt=2, retry_later=retries)
     assert healed == [2, 3]
-    assert position_of("rec", sku) == 3 and held_positions("rec") == []
+    assert position_of(engine, "rec", sku) == 3 and held_positions("rec") == []
 
 
-def test_every_line_about_a_failed_batch_names_one_of_its_messages(db, sku, caplog):
+def test_every_line_about_a_failed_batch_names_one_of_its_messages(engine, sku, caplog):
     spec = recorder("rec", [], fail_on={2}, attempts=3)
     caplog.handler.addFilter(context.ContextFilter())  # as the service's log handlers do
 
-    with caplog.at_level(logging.INFO, logger="cqrs_warehouse.messaging.listeners"):
-        run_listener_batch(
-            spec, tuple(increases(sku, 1, 2, 3)), REGISTRY, attempt=1, retry_later=Retries()
-        )
+    with caplog.at_level(logging.INFO, logger=ENGINE_LOGGER):
+        engine.apply(spec, increases(engine, sku, 1, 2, 3), attempt=1, retry_later=Retries())
 
-    lines = [r for r in caplog.records if r.name == "cqrs_warehouse.messaging.listeners"]
+    lines = [r for r in caplog.records if r.name == ENGINE_LOGGER]
     failed = [r for r in lines if "a batch of 3 failed" in r.getMessage()]
     assert len(failed) == 3
     assert all(r.message_id and r.message_type and r.listener == "rec" for r in lines), [
@@ -133,34 +148,37 @@ def test_every_line_about_a_failed_batch_names_one_of_its_messages(db, sku, capl
     ]
 
 
-def test_at_its_last_attempt_a_failing_message_of_a_batch_is_dead_lettered(db, sku):
+def test_at_its_last_attempt_a_failing_message_of_a_batch_is_dead_lettered(runtime, engine, sku):
     seen: list[int] = []
     spec = recorder("rec", seen, fail_on={2}, attempts=2)
     other = unique_name("sku")
     retries = Retries()
-    applied, failing = increases(sku, 1, 2)
+    applied, failing = increases(engine, sku, 1, 2)
 
-    run_listener_batch(
-        spec, (failing, applied, *increases(other, 1)), REGISTRY, attempt=2, retry_later=retries
+    engine.apply(
+        spec, [failing, applied, *increases(engine, other, 1)], attempt=2, retry_later=retries
     )
 
     assert retries.asked == []
-    [letter] = dead_letters.list_letters("rec")
+    [letter] = runtime.dead_letters.list("rec")
     assert (letter.message_id, letter.attempts, letter.poison) == (failing["id"], 2, 0)
-    assert position_of("rec", sku) == 1 and position_of("rec", other) == 1
+    assert position_of(engine, "rec", sku) == 1 and position_of(engine, "rec", other) == 1
 
 
-def test_a_poison_message_in_a_batch_is_dead_lettered_and_the_others_are_applied(db, sku):
+def test_a_poison_message_in_a_batch_is_dead_lettered_and_the_others_are_applied(
+    runtime, engine, sku
+):
     seen: list[int] = []
     spec = recorder("rec", seen)
     other = unique_name("sku")
-    [poison] = increases(other, 1)
+    [poison] = increases(engine, other, 1)
     poison["payload"] = "AAAA"  # not an Increased record
 
-    run_listener_batch(
-        spec, (*increases(sku, 1, 2), poison), REGISTRY, attempt=1, retry_later=Retries()
+    outcomes = engine.apply(
+        spec, [*increases(engine, sku, 1, 2), poison], attempt=1, retry_later=Retries()
     )
 
+    assert outcomes == [Outcome.APPLIED, Outcome.APPLIED, Outcome.DEAD_LETTERED]
     assert seen == [1, 2]
-    [letter] = dead_letters.list_letters("rec")
+    [letter] = runtime.dead_letters.list("rec")
     assert (letter.message_id, letter.poison) == (poison["id"], 1)

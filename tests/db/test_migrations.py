@@ -1,62 +1,78 @@
-"""`cqrs-warehouse migrate`: peewee's runner per slice, safe to run again, and on
-PostgreSQL a schema per slice."""
+"""`cqrs-warehouse migrate`: peewee's runner per store of each slice, safe to run
+again, and on PostgreSQL a schema per store."""
 
 from __future__ import annotations
 
-import peewee
 import pytest
 
 from cqrs_warehouse import migrations
-from cqrs_warehouse.messaging.database import open_database
-from cqrs_warehouse.messaging.outbox import OutboxRecord
+from cqrs_warehouse.messaging.errors import MissingTableError, TransientStorageError
+from cqrs_warehouse.messaging.storage.database import open_database
+from cqrs_warehouse.messaging.storage.models import OutboxRecord
+from cqrs_warehouse.runtime import build
+from cqrs_warehouse.slices import load_slices
 from cqrs_warehouse.warehouse.commands import ProductStock
 from cqrs_warehouse.warehouse.processors.low_quantity import NotifierProduct
 from cqrs_warehouse.warehouse.views.products import ProductView
+from tests.conftest import SLICES, settings_for
+from tests.slices.recorders import WatchedMessage
+from tests.slices.returns.returns import ReturnCount, ReturnedQuantity
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def fresh_url(request, tmp_path, postgres_databases) -> str:
+def fresh_url(request, tmp_path, postgres) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/fresh.db"
-    return postgres_databases.create()
+    return postgres.create()
 
 
-def test_migrate_applies_every_slice_once_and_is_safe_to_run_again(fresh_url):
+def test_migrate_applies_every_store_once_and_is_safe_to_run_again(fresh_url):
     db = open_database(fresh_url)
+    slices = load_slices(SLICES)
     try:
-        pending = migrations.status(db)
+        pending = migrations.status(db, slices)
         assert pending and not any(applied for _, _, applied in pending)
-        applied = migrations.migrate(db)
+        # every store of every slice, the tests' own included
+        assert {store for store, _, _ in pending} == {
+            store.name for slice_ in slices for store in slice_.stores
+        }
+        applied = migrations.migrate(db, slices)
         assert sorted(applied) == sorted(f"{s}/{n}" for s, n, _ in pending)
-        assert migrations.migrate(db) == []
-        assert all(applied for _, _, applied in migrations.status(db))
+        assert migrations.migrate(db, slices) == []
+        assert all(applied for _, _, applied in migrations.status(db, slices))
     finally:
         db.close()
 
 
-def test_on_postgresql_each_slice_keeps_its_tables_in_its_own_schema(postgres_databases):
-    db = open_database(postgres_databases.create())
+def test_on_postgresql_each_store_keeps_its_tables_in_its_own_schema(postgres):
+    db = open_database(postgres.create())
     try:
-        migrations.migrate(db)
+        migrations.migrate(db, load_slices(SLICES))
         expected = {
             ProductStock: "warehouse",
             ProductView: "products_view",
             NotifierProduct: "low_quantity_notifier",
             OutboxRecord: "messaging",
+            WatchedMessage: "recorders",
+            ReturnCount: "returns",
+            ReturnedQuantity: "returns",
         }
         for model, schema in expected.items():
             assert model._meta.table_name in db.get_tables(schema=schema)
             assert model._meta.table_name not in db.get_tables(schema="public")
-        # and the history of each slice lives with its tables
+        # and the history of each store lives with its tables
         assert "messaging_schema_migrations" in db.get_tables(schema="messaging")
+        assert "returns_schema_migrations" in db.get_tables(schema="returns")
     finally:
         db.close()
 
 
 def test_a_database_that_was_not_migrated_says_so(tmp_path):
-    db = open_database(f"sqlite:///{tmp_path}/empty.db")
+    empty = build(settings_for(f"sqlite:///{tmp_path}/empty.db"), embedded=True)
     try:
-        with pytest.raises(peewee.OperationalError, match="no such table"):
+        with pytest.raises(MissingTableError, match="no such table") as raised:
             ProductView.select().count()
+        assert "cqrs-warehouse migrate" in str(raised.value)
+        assert isinstance(raised.value, TransientStorageError)  # retried, never dead-lettered
     finally:
-        db.close()
+        empty.database.close()

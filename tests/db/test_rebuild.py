@@ -6,53 +6,45 @@ from __future__ import annotations
 import datetime
 import random
 import threading
-import time
 
 import pytest
 
-from cqrs_warehouse.messaging import listener_state
-from cqrs_warehouse.messaging.archive import (
-    ArchivedMessage,
-    RebuildError,
-    archive_message,
-    prune,
-    rebuild,
-)
-from cqrs_warehouse.messaging.outbox import OutboxRecord, current
-from cqrs_warehouse.messaging.routing import ListenerSpec
-from cqrs_warehouse.messaging.testing import clear_outbox, feed, pending_messages
-from cqrs_warehouse.warehouse.commands import (
-    ProductStock,
-    increase_product_quantity,
-    ship_product_quantity,
-)
+from cqrs_warehouse.messaging.archive import ArchivedMessage, prune
+from cqrs_warehouse.messaging.errors import RebuildError
+from cqrs_warehouse.messaging.listening.rebuild import rebuild
+from cqrs_warehouse.messaging.storage.models import HeldMessage, OutboxRecord
+from cqrs_warehouse.messaging.testing import feed
+from cqrs_warehouse.warehouse.commands import ProductStock
 from cqrs_warehouse.warehouse.errors import InsufficientQuantityOnHandError
-from cqrs_warehouse.warehouse.views.products import handle_message, list_products
-from cqrs_warehouse.warehouse.views.products.handler import reset
-
-VIEW = ListenerSpec(
-    name="products_view",
-    handler_path="",
-    handler=handle_message,
-    bindings=("Warehouse.Events.#",),
-    reset=reset,
-)
-ARCHIVE = ListenerSpec(name="archive", handler_path="", handler=archive_message, bindings=("#",))
+from cqrs_warehouse.warehouse.views.products import list_products
+from tests.db.listening import listener, warehouse_handler
 
 
-def run_commands(skus: list[str], count: int, rng: random.Random) -> list:
+@pytest.fixture
+def view(runtime):
+    handler = warehouse_handler(runtime, "view")
+    return listener("products_view", handler, bindings=("Warehouse.Events.#",), reset=handler.reset)
+
+
+@pytest.fixture
+def archive(runtime):
+    return listener("archive", warehouse_handler(runtime, "archive"))
+
+
+def run_commands(runtime, skus: list[str], count: int, rng: random.Random) -> list:
     """Run ``count`` random commands and take their messages out of the outbox."""
+    commands = runtime.services["warehouse"].commands
     for _ in range(count):
         sku = rng.choice(skus)
         try:
             if rng.random() < 0.6:
-                increase_product_quantity(sku, rng.randint(1, 20))
+                commands.increase_product_quantity(sku, rng.randint(1, 20))
             else:
-                ship_product_quantity(sku, rng.randint(1, 15))
+                commands.ship_product_quantity(sku, rng.randint(1, 15))
         except InsufficientQuantityOnHandError:
             pass
-    messages = pending_messages()
-    clear_outbox()
+    messages = runtime.outbox.pending()
+    OutboxRecord.delete().execute()
     return messages
 
 
@@ -61,69 +53,87 @@ def command_state(skus: list[str]) -> list[dict]:
     return [{"sku": row.sku, "quantity": row.quantity} for row in rows]
 
 
-def test_a_rebuild_under_live_traffic_ends_as_if_the_listener_never_stopped(db, sku):
+def test_a_rebuild_under_live_traffic_ends_as_if_the_listener_never_stopped(
+    runtime, view, archive, sku
+):
+    engine = runtime.engine
     rng = random.Random(7)
     skus = sorted(f"{sku}-{n}" for n in range(4))
     # Given a history both the view and the archive received...
-    for message in run_commands(skus, 60, rng):
-        feed(ARCHIVE, message)
-        feed(VIEW, message)
+    for message in run_commands(runtime, skus, 60, rng):
+        feed(engine, archive, message)
+        feed(engine, view, message)
     # ...and messages the view applied that the archive has not received yet
-    lagging = run_commands(skus, 10, rng)
+    lagging = run_commands(runtime, skus, 10, rng)
     for message in lagging:
-        feed(VIEW, message)
+        feed(engine, view, message)
 
+    reset = threading.Event()  # the view was emptied, its replay has begun
     live_done = threading.Event()
 
     def live_traffic() -> None:
-        # The archive catches up once the reset happened...
-        deadline = time.monotonic() + 10
-        while (
-            listener_state.StreamPosition.select()
-            .where(listener_state.StreamPosition.listener == VIEW.name)
-            .count()
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.005)
-        for message in lagging:
-            feed(ARCHIVE, message)
-        # ...while new commands keep arriving, in either order per listener
-        for _ in range(15):
-            for message in run_commands(skus, 2, rng):
-                first, second = (ARCHIVE, VIEW) if rng.random() < 0.5 else (VIEW, ARCHIVE)
-                feed(first, message)
-                feed(second, message)
-        live_done.set()
+        try:
+            assert reset.wait(timeout=10), "the rebuild never began its replay"
+            # The archive catches up once the reset happened...
+            for message in lagging:
+                feed(engine, archive, message)
+            # ...while new commands keep arriving, in either order per listener
+            for _ in range(15):
+                for message in run_commands(runtime, skus, 2, rng):
+                    first, second = (archive, view) if rng.random() < 0.5 else (view, archive)
+                    feed(engine, first, message)
+                    feed(engine, second, message)
+            live_done.set()
+        finally:
+            runtime.database.close()
 
     thread = threading.Thread(target=live_traffic)
     thread.start()
-    report = rebuild(VIEW, ARCHIVE, current().registry, catch_up_timeout=20)
-    thread.join()
+    try:
+        report = rebuild(
+            engine,
+            view,
+            archive,
+            progress=lambda done, total: reset.set(),
+            catch_up_timeout=20,
+            batch_size=10,  # the live traffic runs between the replay's batches
+        )
+    finally:
+        reset.set()
+        thread.join()
     assert live_done.is_set()
 
     assert report.applied > 0
     assert [p for p in list_products() if p["sku"] in skus] == command_state(skus)
-    assert listener_state.HeldMessage.select().count() == 0
+    assert HeldMessage.select().count() == 0
 
 
-def test_a_listener_without_a_reset_cannot_be_rebuilt(db):
-    notifier = ListenerSpec(name="notifier", handler_path="", handler=print, bindings=("#",))
-    with pytest.raises(RebuildError, match="declares no 'reset'"):
-        rebuild(notifier, ARCHIVE, current().registry)
+def test_a_listener_without_a_reset_cannot_be_rebuilt(runtime, archive):
+    notifier = listener("notifier", print)
+    with pytest.raises(RebuildError, match="declares no reset"):
+        rebuild(runtime.engine, notifier, archive)
 
 
-def test_a_rebuild_fails_when_the_archive_never_catches_up(db, sku):
-    for message in run_commands([sku], 3, random.Random(1)):
-        feed(VIEW, message)
+def test_the_archive_itself_cannot_be_rebuilt(runtime, archive):
+    itself = listener(archive.name, archive.handler, reset=lambda: None)
+    with pytest.raises(RebuildError, match="archive itself"):
+        rebuild(runtime.engine, itself, archive)
+
+
+def test_a_rebuild_fails_when_the_archive_never_catches_up(runtime, view, archive, sku):
+    for message in run_commands(runtime, [sku], 3, random.Random(1)):
+        feed(runtime.engine, view, message)
     with pytest.raises(RebuildError, match="did not catch up"):
-        rebuild(VIEW, ARCHIVE, current().registry, catch_up_timeout=0.3)
+        rebuild(runtime.engine, view, archive, catch_up_timeout=0.3)
 
 
-def test_the_archive_keeps_messages_as_written_and_pruning_drops_old_ones(db, sku):
-    increase_product_quantity(sku, 4)
-    [message] = pending_messages()
+def test_the_archive_keeps_messages_as_written_and_pruning_drops_old_ones(
+    runtime, archive, commands, sku
+):
+    commands.increase_product_quantity(sku, 4)
+    [message] = runtime.outbox.pending()
     stored = OutboxRecord.get()
-    feed(ARCHIVE, message)
+    feed(runtime.engine, archive, message)
     archived = ArchivedMessage.get(ArchivedMessage.message_id == message.id)
     assert bytes(archived.payload) == bytes(stored.payload)
     assert (archived.stream, archived.position) == (sku, 1)

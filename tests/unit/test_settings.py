@@ -1,11 +1,14 @@
-"""Settings from the environment, URL redaction, and bootstrap's refusal to run
-the API or workers without a broker."""
+"""Settings from the environment (the core's and the warehouse's), URL
+redaction, and the runtime's refusal to run the API or workers without a broker."""
+
+import dataclasses
 
 import pytest
 
-from cqrs_warehouse.bootstrap import bootstrap
 from cqrs_warehouse.messaging.errors import ConfigurationError
-from cqrs_warehouse.settings import DEFAULT_DATABASE_URL, Settings, redact_url
+from cqrs_warehouse.runtime import build
+from cqrs_warehouse.settings import DEFAULT_DATABASE_URL, Settings, read_settings, redact_url
+from cqrs_warehouse.warehouse.settings import WarehouseSettings
 
 ENV_KEYS = (
     "DATABASE_URL",
@@ -28,7 +31,7 @@ def test_defaults_are_a_sqlite_file_no_broker_and_the_repositorys_listeners_yaml
     assert settings.listeners_config == "config/listeners.yaml"
     assert settings.schemas_dir == "schemas"
     assert settings.queue_prefix == ""
-    assert settings.low_quantity_threshold == 5
+    assert read_settings(WarehouseSettings, {}).low_quantity_threshold == 5
     assert settings.sweep_interval == 2.0
     assert settings.drain_batch_size == 500
 
@@ -73,7 +76,14 @@ def test_from_env_reads_the_process_environment_by_default(monkeypatch):
     ],
 )
 def test_from_env_reads_each_variable(key, raw, attribute, value):
-    assert getattr(Settings.from_env({key: raw}), attribute) == value
+    assert getattr(_read({key: raw}, attribute), attribute) == value
+
+
+def _read(environ, attribute):
+    """From ``environ``, the settings holding ``attribute``: the core's or the warehouse's."""
+    if attribute in {field.name for field in dataclasses.fields(WarehouseSettings)}:
+        return read_settings(WarehouseSettings, environ)
+    return Settings.from_env(environ)
 
 
 @pytest.mark.parametrize(
@@ -87,7 +97,8 @@ def test_from_env_reads_each_variable(key, raw, attribute, value):
     ],
 )
 def test_empty_variable_means_the_default(key, attribute):
-    assert getattr(Settings.from_env({key: ""}), attribute) == getattr(Settings(), attribute)
+    default = WarehouseSettings() if attribute == "low_quantity_threshold" else Settings()
+    assert getattr(_read({key: ""}, attribute), attribute) == getattr(default, attribute)
 
 
 @pytest.mark.parametrize(
@@ -140,15 +151,16 @@ def test_refused_broker_url_does_not_leak_its_password():
     ],
 )
 def test_invalid_number_is_refused_naming_the_variable(key, raw):
+    settings_class = WarehouseSettings if key == "LOW_QUANTITY_THRESHOLD" else Settings
     with pytest.raises(ConfigurationError, match=key):
-        Settings.from_env({key: raw})
+        read_settings(settings_class, {key: raw})
 
 
 def test_queue_names_and_notify_channel_carry_the_prefix():
     settings = Settings.from_env({"QUEUE_PREFIX": "ci_"})
-    assert settings.queue_name("products_view") == "ci_products_view"
+    assert settings.prefixed("products_view") == "ci_products_view"
     assert settings.notify_channel == "ci_outbox"
-    assert Settings().queue_name("products_view") == "products_view"
+    assert Settings().prefixed("products_view") == "products_view"
 
 
 @pytest.mark.parametrize(
@@ -179,7 +191,7 @@ def test_redact_url_leaves_a_url_without_password_unchanged(url):
     assert redact_url(url) == url
 
 
-def test_bootstrap_without_broker_url_refuses_to_run_the_api_or_workers():
+def test_build_without_broker_url_refuses_to_run_the_api_or_workers():
     settings = Settings(database_url="sqlite:///:memory:", broker_url=None)
     with pytest.raises(ConfigurationError, match="BROKER_URL"):
-        bootstrap(settings)
+        build(settings)

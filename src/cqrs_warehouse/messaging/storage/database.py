@@ -79,6 +79,9 @@ class _Translating(peewee.Database):
             return MissingTableError(f"{error} (has `cqrs-warehouse migrate` run?)")
         if "database is locked" in str(error):
             return ConflictError(str(error))
+        if getattr(getattr(error, "orig", None), "sqlite_errorname", None) == "SQLITE_ERROR":
+            # sqlite3 raises OperationalError for a statement it refuses too.
+            return StorageError(str(error))
         if isinstance(error, peewee.OperationalError | peewee.InterfaceError):
             return DatabaseUnavailableError(str(error))
         return StorageError(str(error))

@@ -1,11 +1,12 @@
-"""The OpenAPI document: served, complete (every route and method the Falcon
-app serves), true (every documented response is produced by some request
-here, and every JSON body fits its documented schema), and the source of
-the request-body validation."""
+"""The OpenAPI document (GET /openapi.json): the core's and every slice's
+fragment (the tests' returns slice included), complete (every route and method
+the Falcon app serves), true (every documented response is produced by some
+request here, and every JSON body fits its documented schema), and the source
+of the request-body validation. Under Falcon's test client, on SQLite and
+PostgreSQL; served through gunicorn: the processes tier."""
 
 from __future__ import annotations
 
-import copy
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -14,21 +15,21 @@ from typing import Any
 import falcon
 import falcon.inspect
 import falcon.testing
-import peewee
 import pytest
-import requests
 from jsonschema import Draft202012Validator
 
 from cqrs_warehouse.messaging.consistency import encode_token
-from cqrs_warehouse.messaging.database import database as database_proxy
-from cqrs_warehouse.openapi import DOCUMENT
-from cqrs_warehouse.settings import Settings
-from cqrs_warehouse.web import build_app
-from tests.ops.support import closed_port, process_globals_restored
+from cqrs_warehouse.runtime import build
+from cqrs_warehouse.warehouse.openapi import QUANTITY_COMMAND
+from cqrs_warehouse.web import create_app, openapi
+from cqrs_warehouse.web.validation import BodyValidator
+from tests.conftest import settings_for
+from tests.support.processes import free_port
 
 TOKEN = "ops-openapi-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY = 256
+METHODS = {"get", "post", "put", "patch", "delete"}
 
 
 def schema_validator(schema: dict[str, Any], document: dict[str, Any]) -> Draft202012Validator:
@@ -36,24 +37,32 @@ def schema_validator(schema: dict[str, Any], document: dict[str, Any]) -> Draft2
     return Draft202012Validator({**schema, "components": document["components"]})
 
 
-def test_the_document_is_served_at_openapi_json(ops):
-    response = requests.get(ops.base_url + "/openapi.json", timeout=10)
+@pytest.fixture
+def document(client) -> dict[str, Any]:
+    """The document the API serves."""
+    response = client.simulate_get("/openapi.json")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
-    document = response.json()
+    return response.json
+
+
+def test_the_document_served_is_the_core_and_every_slices_fragment(runtime, document):
     assert document["openapi"].startswith("3.1")
-    assert document == json.loads(json.dumps(DOCUMENT))
+    expected = openapi.document((s.name, s.openapi) for s in runtime.slices)
+    assert document == json.loads(json.dumps(expected))
+    assert "/warehouse/products/{sku}/increase_quantity" in document["paths"]
+    assert "/returns/{sku}" in document["paths"]  # the tests' second slice
 
 
-def test_every_route_the_app_serves_is_documented_with_its_methods():
-    app = build_app(Settings())
+def test_every_route_the_app_serves_is_documented_with_its_methods(runtime, document):
+    app = create_app(runtime)
     served = {
         route.path: {m.method.lower() for m in route.methods if not m.internal}
         for route in falcon.inspect.inspect_routes(app)
     }
     documented = {
-        path: {method for method in item if method in {"get", "post", "put", "patch", "delete"}}
-        for path, item in DOCUMENT["paths"].items()
+        path: {method for method in item if method in METHODS}
+        for path, item in document["paths"].items()
     }
     assert served == documented
 
@@ -90,16 +99,17 @@ def documented_responses(document: dict[str, Any]) -> dict[tuple[str, str, int],
         (path, method, int(status)): spec
         for path, item in document["paths"].items()
         for method, operation in item.items()
+        if method in METHODS  # (a path item may also hold its "parameters")
         for status, spec in operation["responses"].items()
     }
 
 
 @pytest.fixture
-def recorded(db, sku) -> Recorder:
+def recorded(runtime_with, sku) -> Recorder:
     """Drive every documented response of the API; returns what was sent."""
     recorder = Recorder()
-    app = build_app(Settings(api_token=TOKEN, max_body_bytes=MAX_BODY, consistency_timeout=0.0))
-    client = falcon.testing.TestClient(app)
+    guarded = runtime_with(api_token=TOKEN, max_body_bytes=MAX_BODY, consistency_timeout=0.0)
+    client = falcon.testing.TestClient(create_app(guarded))
     send = recorder.send
     products, one = "/warehouse/products", "/warehouse/products/{sku}"
     never_applied = encode_token(sku, 99)
@@ -143,15 +153,18 @@ def recorded(db, sku) -> Recorder:
     send(client, "DELETE", one, f"{products}/{sku}", headers=AUTH)
     for template in ("/livez", "/readyz", "/metrics", "/openapi.json"):
         send(client, "GET", template)
+    # The tests' returns slice
+    returns = "/returns/{sku}"
+    send(client, "POST", returns, f"/returns/{sku}", json={"quantity": 2}, headers=AUTH)
+    send(client, "POST", returns, f"/returns/{sku}", json={"quantity": 0}, headers=AUTH)
+    send(client, "GET", returns, f"/returns/{sku}")
+    send(client, "GET", returns, f"/returns/{sku}", params={"after": encode_token(sku, 99)})
 
     # The same API over a database that does not answer
-    with process_globals_restored():
-        database_proxy.initialize(
-            peewee.PostgresqlDatabase(
-                "nowhere", host="127.0.0.1", port=closed_port(), user="postgres"
-            )
-        )
-        down = falcon.testing.TestClient(build_app(Settings(api_token=TOKEN)))
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    unreachable = build(settings_for(nowhere, api_token=TOKEN), embedded=True)
+    try:
+        down = falcon.testing.TestClient(create_app(unreachable))
         for command in ("increase_quantity", "ship_quantity"):
             template = f"/warehouse/products/{{sku}}/{command}"
             path = template.format(sku=sku)
@@ -159,14 +172,17 @@ def recorded(db, sku) -> Recorder:
         send(down, "GET", products)
         send(down, "GET", one, f"{products}/{sku}")
         send(down, "GET", "/readyz")
+    finally:
+        unreachable.database.close()
+        guarded.bind_models()
     return recorder
 
 
-def test_every_documented_response_is_produced(recorded):
+def test_every_documented_response_is_produced(recorded, document):
     produced = {(c.template, c.method, c.status) for c in recorded.calls}
     not_allowed_on = {c.template for c in recorded.calls if c.status == 405}
     missing = []
-    for path, method, status in documented_responses(DOCUMENT):
+    for path, method, status in documented_responses(document):
         if status == 405:
             # Documented on the path's operation; produced by another method.
             if path not in not_allowed_on:
@@ -176,8 +192,8 @@ def test_every_documented_response_is_produced(recorded):
     assert not missing, f"documented but never produced: {missing}"
 
 
-def test_every_response_is_documented_and_its_json_body_fits_the_schema(recorded):
-    documented = documented_responses(DOCUMENT)
+def test_every_response_is_documented_and_its_json_body_fits_the_schema(recorded, document):
+    documented = documented_responses(document)
     by_path: dict[tuple[str, int], dict] = {}
     for (path, _, status), spec in documented.items():
         by_path[(path, status)] = spec
@@ -186,7 +202,7 @@ def test_every_response_is_documented_and_its_json_body_fits_the_schema(recorded
         where = f"{call.method.upper()} {call.template} -> {call.status}"
         if call.status == 405:
             spec = by_path.get((call.template, 405))
-            assert call.method not in DOCUMENT["paths"][call.template]
+            assert call.method not in document["paths"][call.template]
         else:
             spec = documented.get((call.template, call.method, call.status))
         if spec is None:
@@ -197,7 +213,7 @@ def test_every_response_is_documented_and_its_json_body_fits_the_schema(recorded
             continue
         assert call.response.headers["content-type"].startswith("application/json"), where
         body = json.loads(call.response.text)
-        for error in schema_validator(content["schema"], DOCUMENT).iter_errors(body):
+        for error in schema_validator(content["schema"], document).iter_errors(body):
             problems[where].append(error.message)
         for header in spec.get("headers", {}):
             if header not in call.response.headers:
@@ -205,13 +221,12 @@ def test_every_response_is_documented_and_its_json_body_fits_the_schema(recorded
     assert not problems, dict(problems)
 
 
-def test_an_unknown_route_answers_a_json_error_of_the_documented_shape(db):
-    client = falcon.testing.TestClient(build_app(Settings()))
+def test_an_unknown_route_answers_a_json_error_of_the_documented_shape(client, document):
     response = client.simulate_get("/nowhere")
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/json")
     error_schema = {"$ref": "#/components/schemas/Error"}
-    schema_validator(error_schema, DOCUMENT).validate(json.loads(response.text))
+    schema_validator(error_schema, document).validate(json.loads(response.text))
 
 
 BODIES = [
@@ -233,32 +248,35 @@ BODIES = [
 
 
 @pytest.mark.parametrize("body", BODIES, ids=[json.dumps(b) for b in BODIES])
-def test_a_body_the_documented_schema_refuses_is_a_400(db, sku, body):
-    command = DOCUMENT["paths"]["/warehouse/products/{sku}/increase_quantity"]["post"]
+def test_a_body_the_documented_schema_refuses_is_a_400(client, document, sku, body):
+    command = document["paths"]["/warehouse/products/{sku}/increase_quantity"]["post"]
     schema = command["requestBody"]["content"]["application/json"]["schema"]
-    valid = schema_validator(schema, DOCUMENT).is_valid(body)
-    client = falcon.testing.TestClient(build_app(Settings()))
+    valid = schema_validator(schema, document).is_valid(body)
+    assert (BodyValidator(QUANTITY_COMMAND).errors(body) == []) == valid  # the same verdict
     response = client.simulate_post(f"/warehouse/products/{sku}/increase_quantity", json=body)
     assert response.status_code == (200 if valid else 400), response.text
     if not valid:
         assert response.json["description"]
 
 
-def test_a_float_quantity_is_refused_even_when_integral(db, sku):
+def test_a_float_quantity_is_refused_even_when_integral(client, sku):
     # JSON Schema counts 1.0 as an integer; the README says a quantity is a JSON integer.
-    client = falcon.testing.TestClient(build_app(Settings()))
     response = client.simulate_post(
         f"/warehouse/products/{sku}/increase_quantity", body='{"quantity": 1.0}'
     )
     assert response.status_code == 400
 
 
-def test_request_validation_follows_the_document(db, sku, monkeypatch):
-    schemas = DOCUMENT["components"]["schemas"]
-    narrower = copy.deepcopy(schemas["QuantityCommand"])
-    narrower["properties"]["quantity"]["maximum"] = 10
-    monkeypatch.setitem(schemas, "QuantityCommand", narrower)
-    client = falcon.testing.TestClient(build_app(Settings()))
+def test_request_validation_follows_the_document(runtime, sku, monkeypatch):
+    # The command's schema in the warehouse's fragment, narrowed before the app is built.
+    monkeypatch.setitem(QUANTITY_COMMAND["properties"]["quantity"], "maximum", 10)
+    client = falcon.testing.TestClient(create_app(runtime))
+    served = client.simulate_get("/openapi.json").json
+    assert served["components"]["schemas"]["QuantityCommand"]["properties"]["quantity"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 10,
+    }
     path = f"/warehouse/products/{sku}/increase_quantity"
     assert client.simulate_post(path, json={"quantity": 11}).status_code == 400
     assert client.simulate_post(path, json={"quantity": 10}).status_code == 200
