@@ -1,7 +1,9 @@
 """A worker process's set-up: metrics folder, logging, the runtime and Dramatiq's broker.
 
 ``worker_broker`` is what `dramatiq cqrs_warehouse.worker` runs (worker.py),
-and what a test's own worker module runs to inject a fault.
+and what a test's own worker module runs to inject a fault. A module that
+calls it imports nothing else of the service first: Prometheus's
+multiprocess mode is chosen when prometheus_client is first imported.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def worker_broker(*, wrap_publisher: Callable[[Any], Any] | None = None) -> Any:
     # Imported only now: Prometheus's multiprocess mode is chosen when
     # prometheus_client is first imported, which these imports do.
     import dramatiq
+    from prometheus_client import values
 
     from . import logs
     from .background_logging import FlushLogsAtShutdown, write_in_background
@@ -29,6 +32,9 @@ def worker_broker(*, wrap_publisher: Callable[[Any], Any] | None = None) -> Any:
     from .runtime import build
     from .worker_metrics import PrometheusPerDelivery, RemoveMetricsWhenLast
 
+    if values.ValueClass is values.MutexValue:
+        # Every count of this process would be lost to the workers' exposition.
+        raise RuntimeError("prometheus_client was imported before worker_broker() chose its folder")
     logs.configure()
     # Nor does a worker's format show a line's thread or process: logging
     # need not look them up for each line either.

@@ -36,9 +36,9 @@ def pg(runtime) -> PostgresDatabase:
 
 
 @pytest.fixture
-def first_time(runtime):
-    """``Positions.first_time``: records a message id as applied by a listener."""
-    return runtime.storage.positions.first_time
+def mark_applied(runtime):
+    """``Positions.mark_applied``: records a message id as applied by a listener."""
+    return runtime.storage.positions.mark_applied
 
 
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
@@ -62,57 +62,57 @@ def seen_from_another_connection(db: peewee.Database, message_id: str) -> bool:
         other.close()
 
 
-def test_the_first_statement_of_a_transaction_is_inside_it(pg, first_time):
+def test_the_first_statement_of_a_transaction_is_inside_it(pg, mark_applied):
     first, second = unique_name("m"), unique_name("m")
     with pytest.raises(RuntimeError), pg.atomic():
         assert status(pg) == IDLE  # BEGIN not sent on its own...
-        assert first_time("rec", first)  # ...but with the first statement
+        assert mark_applied("rec", first)  # ...but with the first statement
         assert status(pg) == IN_TRANSACTION
         assert seen_from_another_connection(pg, first) is False  # not committed yet
-        first_time("rec", second)
+        mark_applied("rec", second)
         raise RuntimeError("undo")
 
     assert ProcessedMessage.select().count() == 0  # both undone
     assert not seen_from_another_connection(pg, first)
 
 
-def test_a_committed_transaction_is_visible_and_the_connection_leaves_it(pg, first_time):
+def test_a_committed_transaction_is_visible_and_the_connection_leaves_it(pg, mark_applied):
     message_id = unique_name("m")
     with pg.atomic():
-        first_time("rec", message_id)
+        mark_applied("rec", message_id)
     assert seen_from_another_connection(pg, message_id)
     assert status(pg) == IDLE
 
 
 def test_a_transaction_without_statements_sends_nothing_and_leaves_no_transaction_open(
-    pg, first_time
+    pg, mark_applied
 ):
     with pg.atomic():
         pass
     with pytest.raises(RuntimeError), pg.atomic():
         raise RuntimeError("undo")
     message_id = unique_name("m")
-    first_time("rec", message_id)  # autocommit again: visible at once
+    mark_applied("rec", message_id)  # autocommit again: visible at once
     assert seen_from_another_connection(pg, message_id)
 
 
-def test_savepoints_inside_a_deferred_transaction_roll_back_only_their_part(pg, first_time):
+def test_savepoints_inside_a_deferred_transaction_roll_back_only_their_part(pg, mark_applied):
     kept, undone = unique_name("m"), unique_name("m")
     with pg.atomic():
         with pytest.raises(RuntimeError), pg.atomic():  # the savepoint carries BEGIN
-            first_time("rec", undone)
+            mark_applied("rec", undone)
             raise RuntimeError("undo the savepoint")
-        first_time("rec", kept)
+        mark_applied("rec", kept)
     assert seen_from_another_connection(pg, kept)
     assert not seen_from_another_connection(pg, undone)
 
 
-def test_a_begin_deferred_on_a_connection_since_closed_is_not_sent_on_the_next(pg, first_time):
+def test_a_begin_deferred_on_a_connection_since_closed_is_not_sent_on_the_next(pg, mark_applied):
     pg.begin()  # deferred; then the connection goes away (a database restart)
     pg._state.conn.close()  # (pins peewee's _state: see the module's docstring)
     pg._state.reset()
     message_id = unique_name("m")
-    first_time("rec", message_id)  # a new connection, in autocommit
+    mark_applied("rec", message_id)  # a new connection, in autocommit
     assert seen_from_another_connection(pg, message_id)
 
 
@@ -127,10 +127,10 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 INSERT = "INSERT INTO messaging.messaging_processed_messages (listener, message_id) VALUES (%s, %s)"
 
 
-def test_a_deferred_statement_goes_with_the_commit_in_one_round_trip(pg, sent, first_time):
+def test_a_deferred_statement_goes_with_the_commit_in_one_round_trip(pg, sent, mark_applied):
     first, deferred = unique_name("m"), unique_name("m")
     with pg.atomic():
-        first_time("rec", first)
+        mark_applied("rec", first)
         pg.defer(INSERT, ("rec", deferred))
         assert len(sent) == 1  # not sent yet
         assert not seen_from_another_connection(pg, deferred)
@@ -143,25 +143,25 @@ def test_a_deferred_statement_goes_with_the_commit_in_one_round_trip(pg, sent, f
 
 
 def test_a_deferred_statement_runs_before_the_next_statement_of_its_transaction(
-    pg, sent, first_time
+    pg, sent, mark_applied
 ):
     message_id = unique_name("m")
     with pg.atomic():
         pg.defer(INSERT, ("rec", message_id))
         # The same id, recorded by the deferred insert that travels first.
-        assert first_time("rec", message_id) is False
+        assert mark_applied("rec", message_id) is False
         assert len(sent) == 1 and sent[0].startswith("BEGIN; ")
     assert seen_from_another_connection(pg, message_id)
 
 
 def test_deferred_values_holding_percent_signs_travel_before_a_statement_with_values(
-    pg, sent, first_time
+    pg, sent, mark_applied
 ):
     deferred, then, last = unique_name("100%s%%"), unique_name("m"), unique_name("%(x)s%")
     with pg.atomic():
-        first_time("rec", unique_name("m"))
+        mark_applied("rec", unique_name("m"))
         pg.defer(INSERT, ("rec", deferred))
-        assert first_time("rec", then)  # its own values bound after the deferred text
+        assert mark_applied("rec", then)  # its own values bound after the deferred text
         pg.defer(INSERT, ("rec", last))  # and one with the COMMIT
     assert len(sent) == 3
     for message_id in (deferred, then, last):
@@ -169,7 +169,7 @@ def test_deferred_values_holding_percent_signs_travel_before_a_statement_with_va
 
 
 def test_a_transaction_that_only_deferred_sends_begin_statements_and_commit_at_once(
-    pg, sent, first_time
+    pg, sent, mark_applied
 ):
     message_id = unique_name("m")
     with pg.atomic():
@@ -179,7 +179,7 @@ def test_a_transaction_that_only_deferred_sends_begin_statements_and_commit_at_o
     assert seen_from_another_connection(pg, message_id)
 
 
-def test_a_deferred_statement_of_a_transaction_rolled_back_is_never_sent(pg, sent, first_time):
+def test_a_deferred_statement_of_a_transaction_rolled_back_is_never_sent(pg, sent, mark_applied):
     message_id = unique_name("m")
     with pytest.raises(RuntimeError), pg.atomic():
         pg.defer(INSERT, ("rec", message_id))
@@ -189,7 +189,7 @@ def test_a_deferred_statement_of_a_transaction_rolled_back_is_never_sent(pg, sen
     assert status(pg) == IDLE
 
 
-def test_a_rollback_to_a_savepoint_drops_what_was_deferred_inside_it_only(pg, first_time):
+def test_a_rollback_to_a_savepoint_drops_what_was_deferred_inside_it_only(pg, mark_applied):
     before, inside, after = unique_name("m"), unique_name("m"), unique_name("m")
     with pg.atomic():
         pg.defer(INSERT, ("rec", before))
@@ -202,46 +202,46 @@ def test_a_rollback_to_a_savepoint_drops_what_was_deferred_inside_it_only(pg, fi
     assert seen_from_another_connection(pg, after)
 
 
-def test_a_failing_deferred_statement_fails_the_commit_and_undoes_the_transaction(pg, first_time):
+def test_a_failing_deferred_statement_fails_the_commit_and_undoes_the_transaction(pg, mark_applied):
     taken, first = unique_name("m"), unique_name("m")
-    first_time("rec", taken)  # committed: inserting it again violates the key
+    mark_applied("rec", taken)  # committed: inserting it again violates the key
     with pytest.raises(StorageError) as refused, pg.atomic():
-        first_time("rec", first)
+        mark_applied("rec", first)
         pg.defer(INSERT, ("rec", taken))
     assert not isinstance(refused.value, TransientStorageError)  # a constraint: it stays
     assert not seen_from_another_connection(pg, first)
     assert status(pg) == IDLE
-    first_time("rec", unique_name("m"))  # the connection goes on
+    mark_applied("rec", unique_name("m"))  # the connection goes on
 
 
-def test_a_deferred_statement_outside_a_transaction_runs_at_once(pg, first_time):
+def test_a_deferred_statement_outside_a_transaction_runs_at_once(pg, mark_applied):
     message_id = unique_name("m")
     pg.defer(INSERT, ("rec", message_id))
     assert seen_from_another_connection(pg, message_id)
 
 
 def test_a_deferred_statement_is_lost_with_its_connection_and_the_next_transaction_runs(
-    pg, first_time
+    pg, mark_applied
 ):
     lost = unique_name("m")
     with pytest.raises(DatabaseUnavailableError), pg.atomic():
-        first_time("rec", unique_name("m"))
+        mark_applied("rec", unique_name("m"))
         pg.defer(INSERT, ("rec", lost))
         pg._state.conn.close()  # the database went away (pins peewee's _state)
     pg.discard_broken_connection()
     message_id = unique_name("m")
     with pg.atomic():
-        first_time("rec", message_id)
+        mark_applied("rec", message_id)
     assert seen_from_another_connection(pg, message_id)
     assert not seen_from_another_connection(pg, lost)
 
 
 def test_the_commit_of_a_transaction_that_an_error_aborted_raises_instead_of_rolling_back_quietly(
-    pg, first_time
+    pg, mark_applied
 ):
     message_id = unique_name("m")
     with pytest.raises(StorageError, match="aborted"), pg.atomic():
-        first_time("rec", message_id)
+        mark_applied("rec", message_id)
         with pytest.raises(MissingTableError):
             pg.execute_sql("SELECT * FROM no_such_table")  # caught: the transaction is aborted
     assert not seen_from_another_connection(pg, message_id)

@@ -14,11 +14,15 @@ import itertools
 import os
 import signal
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cqrs_warehouse.messaging.drain import Publisher
-from cqrs_warehouse.messaging.storage.outbox import OutboxRow
+# Nothing of the service before worker_broker(): it chooses Prometheus's
+# multiprocess folder, which must happen before prometheus_client is imported.
 from cqrs_warehouse.worker_setup import worker_broker
+
+if TYPE_CHECKING:
+    from cqrs_warehouse.messaging.drain import Publisher
+    from cqrs_warehouse.messaging.storage.outbox import OutboxRow
 
 KILL_AFTER = int(os.environ["FAULT_KILL_AFTER_PUBLISH"])
 

@@ -68,7 +68,7 @@ class Ordering:
             )
             return Outcome.UNBOUND, None
         if message.stream is None or message.position is None:
-            if not self.positions.first_time(spec.name, message.id):
+            if not self.positions.mark_applied(spec.name, message.id):
                 return Outcome.DUPLICATE, None
             spec.handler.apply(message)
             return Outcome.APPLIED, None

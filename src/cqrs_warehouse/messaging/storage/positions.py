@@ -42,8 +42,9 @@ class Positions:
     #: handler's first statement or its COMMIT.
     claims_ahead = False
 
-    def first_time(self, listener: str, message_id: str) -> bool:
-        """Record ``message_id`` as applied by ``listener``; False if it already was.
+    def mark_applied(self, listener: str, message_id: str) -> bool:
+        """Record that ``listener`` applied ``message_id`` (a message without a
+        stream); False if it already had.
 
         A concurrent delivery of the same id waits on the insert until the
         first commits, then conflicts.
