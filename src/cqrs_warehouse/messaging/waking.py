@@ -64,7 +64,9 @@ class DrainWaker(Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         # A worker started with --queues that leave out the drain's queue
-        # does not drain (the processes that consume it do).
+        # does not drain (the processes that consume it do). Dramatiq keeps
+        # those queues in an attribute it does not document (pinned by
+        # tests/unit/test_library_pins.py).
         queues = getattr(worker, "consumer_whitelist", None)
         self.drains_here = not queues or self.drain_queue in queues
         self.start()
