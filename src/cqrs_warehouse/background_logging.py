@@ -29,7 +29,7 @@ from dramatiq.middleware import Middleware
 MAX_PENDING = 20_000
 #: Seconds between the writer's rounds: the longest a line waits to be written.
 #: (It is not woken per line: waking a thread costs the logging thread more
-#: than the line itself, measured at 5 % of a worker's CPU.)
+#: than the line itself; docs/decisions/0009-background-log-writer.md.)
 FLUSH_INTERVAL = 0.02
 
 

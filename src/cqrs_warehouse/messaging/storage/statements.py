@@ -1,9 +1,9 @@
 """Statements written once with peewee and run many times with new values,
 the same on every database. For the hot paths of the core and of slices.
 
-``Statement``: one query, compiled to SQL once per kind of database (peewee
-spends 0.1-0.2 ms of Python building one) and run with new values, prepared
-on PostgreSQL. ``Bulk``: an INSERT of many rows, one statement whatever the
+``Statement``: one query, compiled to SQL once per kind of database (building
+it costs peewee more than running it costs the service) and run with new
+values, prepared on PostgreSQL. ``Bulk``: an INSERT of many rows, one statement whatever the
 number of rows (on PostgreSQL one array per column, so that it too is
 prepared once). Either may be deferred: on PostgreSQL a statement whose
 result nobody reads goes with the transaction's next statement or its
