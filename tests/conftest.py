@@ -15,7 +15,7 @@ from cqrs_warehouse.settings import DEFAULT_SLICES, Settings
 from cqrs_warehouse.slices import load_slices
 from tests.support.environment import SCHEMAS, TEST_SLICES
 from tests.support.processes import ROOT
-from tests.support.services import Postgres, ServiceMissing, unique_name
+from tests.support.services import Postgres, ServiceMissing, require_rabbitmq, unique_name
 
 #: The slices the database tier runs with: the warehouse and the tests' own.
 SLICES = (*DEFAULT_SLICES, *TEST_SLICES)
@@ -25,6 +25,15 @@ LISTENERS_CONFIG = ROOT / "config" / "listeners.yaml"
 @pytest.fixture
 def sku() -> str:
     return unique_name("sku")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> None:
+    """The tests' RabbitMQ answers (else the test fails, never skips)."""
+    try:
+        require_rabbitmq()
+    except ServiceMissing as error:
+        pytest.fail(str(error))
 
 
 @pytest.fixture(scope="session")

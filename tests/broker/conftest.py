@@ -23,9 +23,7 @@ from tests.support.installation import Installation
 from tests.support.services import (
     BROKER_URL,
     Postgres,
-    ServiceMissing,
     delete_from_broker,
-    require_rabbitmq,
     unique_name,
 )
 
@@ -38,14 +36,6 @@ LISTENERS = {
     "notifications": ["*.*.NotifiedLowProductQuantity.v1"],
     "elsewhere": ["Billing.#"],
 }
-
-
-@pytest.fixture(scope="session")
-def rabbitmq() -> None:
-    try:
-        require_rabbitmq()
-    except ServiceMissing as error:
-        pytest.fail(str(error))
 
 
 @pytest.fixture

@@ -38,8 +38,6 @@ from tests.support.installation import (
 from tests.support.services import (
     BROKER_URL,
     Postgres,
-    ServiceMissing,
-    require_rabbitmq,
     unique_name,
 )
 
@@ -89,14 +87,6 @@ class Operated:
 
     installation: Installation
     secrets: list[str]
-
-
-@pytest.fixture(scope="session")
-def rabbitmq() -> None:
-    try:
-        require_rabbitmq()
-    except ServiceMissing as error:
-        pytest.fail(str(error))
 
 
 @contextlib.contextmanager
