@@ -97,10 +97,8 @@ class Positions:
 
     def applied(self, listener: str, stream: str) -> int:
         """The last position of ``stream`` that ``listener`` applied (0 if none)."""
-        row = StreamPosition.get_or_none(
-            (StreamPosition.listener == listener) & (StreamPosition.stream == stream)
-        )
-        return 0 if row is None else int(row.position)
+        rows = _APPLIED.rows(listener, stream)
+        return int(rows[0][0]) if rows else 0
 
     def hold(
         self,
@@ -150,9 +148,10 @@ class Positions:
         """Forget a held message (it was resent or dead-lettered).
 
         The stream's held count is left as it is: touching its row here would
-        take the locks in the opposite order to a listener's transaction and
-        deadlock with it. The count is a hint that spares the common case a
-        query; the next apply in the stream, finding nothing held, resets it.
+        take the locks in the opposite order to a listener's transaction (row,
+        then held messages) and deadlock with it. The count is a hint that
+        only spares the common case a query; the next apply in the stream,
+        finding nothing held, sets it back to 0.
         """
         HeldMessage.delete().where(
             (HeldMessage.listener == listener)
@@ -271,6 +270,13 @@ _SET = Statement(
     "\x01stream",
     10**15 + 7,
     10**15 + 11,
+)
+_APPLIED = Statement(
+    lambda listener, stream: StreamPosition.select(StreamPosition.position).where(
+        (StreamPosition.listener == listener) & (StreamPosition.stream == stream)
+    ),
+    "\x01listener",
+    "\x01stream",
 )
 
 
