@@ -108,7 +108,18 @@ def on_starting(server):
     from cqrs_warehouse.runtime import build
 
     try:
-        build().routing  # noqa: B018 (loads and checks it; nothing connects)
+        runtime = build()
+        runtime.routing  # noqa: B018 (loads and checks it; nothing connects)
     except MessagingError as error:
         print(f"cqrs-warehouse api: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    waiting = runtime.settings.consistency_max_waiting
+    if waiting >= server.cfg.threads:
+        print(
+            f"cqrs-warehouse api: CONSISTENCY_MAX_WAITING={waiting} must be below the "
+            f"{server.cfg.threads} threads of a worker (GUNICORN_THREADS), or waiting reads "
+            "could take every thread from writes and health checks",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(2)

@@ -116,6 +116,8 @@ class Runtime:
             self.storage.positions,
             self.storage.signals,
             channel=self.settings.applied_channel,
+            issued=self.storage.outbox.last_position,
+            max_waiting=self.settings.consistency_max_waiting,
             listeners=[s.name for s in self.routing.listeners if s.handler.read_your_writes],
         )
 

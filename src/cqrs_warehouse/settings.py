@@ -133,6 +133,7 @@ class Settings:
     api_token: str | None = variable("API_TOKEN", None)
     max_body_bytes: int = variable("MAX_BODY_BYTES", 16384, number(int, minimum=64))
     consistency_timeout: float = variable("CONSISTENCY_TIMEOUT", 5.0, number(float, minimum=0.0))
+    consistency_max_waiting: int = variable("CONSISTENCY_MAX_WAITING", 2, number(int, minimum=0))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

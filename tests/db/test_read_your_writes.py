@@ -149,3 +149,62 @@ def test_a_read_without_a_token_answers_at_once_eventually_consistent(api, sku):
     client.simulate_post(f"/warehouse/products/{sku}/increase_quantity", json={"quantity": 5})
     assert client.simulate_get(f"/warehouse/products/{sku}").json == {"sku": sku, "quantity": 0}
     assert client.simulate_get("/warehouse/products").json == []
+
+
+@pytest.mark.parametrize("path", ["/warehouse/products", "/warehouse/products/{sku}"])
+def test_a_token_beyond_what_the_commands_issued_is_a_400_at_once(api, sku, path):
+    runtime, client = api(timeout=120)  # were it waited for, the test would take minutes
+    client.simulate_post(f"/warehouse/products/{sku}/increase_quantity", json={"quantity": 5})
+    for token in (encode_token(sku, 2), encode_token(sku, 2**40), encode_token(f"{sku}-x", 1)):
+        response = client.simulate_get(path.format(sku=sku), params={"after": token})
+        assert response.status_code == 400, response.text
+        assert response.json["title"] == "Invalid consistency token."
+        assert "not issued by this service" in response.json["description"]
+    assert runtime.consistency.waiting() == 0
+
+
+def test_a_token_already_applied_answers_without_waiting_even_at_the_cap(
+    runtime_with, runtime, sku
+):
+    capped = runtime_with(consistency_max_waiting=0, consistency_timeout=120)
+    client = falcon.testing.TestClient(create_app(capped))
+    token = client.simulate_post(
+        f"/warehouse/products/{sku}/increase_quantity", json={"quantity": 5}
+    ).json["consistency_token"]
+    for event in capped.outbox.pending():
+        feed(capped.engine, capped.routing.listener("products_view"), event)
+    response = client.simulate_get(f"/warehouse/products/{sku}", params={"after": token})
+    assert response.status_code == 200
+    assert response.json == {"sku": sku, "quantity": 5}
+
+
+def test_reads_beyond_the_cap_are_a_503_with_retry_after_at_once(runtime_with, sku):
+    capped = runtime_with(consistency_max_waiting=1, consistency_timeout=120)
+    client = falcon.testing.TestClient(create_app(capped))
+    token = client.simulate_post(
+        f"/warehouse/products/{sku}/increase_quantity", json={"quantity": 5}
+    ).json["consistency_token"]
+    [event] = capped.outbox.pending()
+    OutboxRecord.delete().execute()
+    answers = []
+
+    def first_reader() -> None:
+        try:
+            answers.append(
+                client.simulate_get(f"/warehouse/products/{sku}", params={"after": token})
+            )
+        finally:
+            capped.database.close()
+
+    waiting = threading.Thread(target=first_reader)
+    waiting.start()
+    eventually(lambda: _assert_waiting(capped), timeout=10, interval=0.001)
+    refused = client.simulate_get(f"/warehouse/products/{sku}", params={"after": token})
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.json["title"] == "Too many waiting reads."
+    assert capped.consistency.waiting() == 1  # the first still waits
+    feed(capped.engine, capped.routing.listener("products_view"), event)
+    waiting.join(timeout=30)
+    assert [a.status_code for a in answers] == [200]
+    assert capped.consistency.waiting() == 0

@@ -73,11 +73,11 @@ def test_a_rebuild_under_live_traffic_ends_as_if_the_listener_never_stopped(
 
     def live_traffic() -> None:
         try:
-            assert reset.wait(timeout=10), "the rebuild never began its replay"
-            # The archive catches up once the reset happened...
+            # The archive catches up while the rebuild waits for it...
             for message in lagging:
                 feed(engine, archive, message)
-            # ...while new commands keep arriving, in either order per listener
+            assert reset.wait(timeout=10), "the rebuild never began its replay"
+            # ...and new commands keep arriving, in either order per listener
             for _ in range(15):
                 for message in run_commands(runtime, skus, 2, rng):
                     first, second = (archive, view) if rng.random() < 0.5 else (view, archive)
@@ -120,11 +120,58 @@ def test_the_archive_itself_cannot_be_rebuilt(runtime, archive):
         rebuild(runtime.engine, itself, archive)
 
 
-def test_a_rebuild_fails_when_the_archive_never_catches_up(runtime, view, archive, sku):
+def test_a_rebuild_refuses_when_the_archive_never_catches_up_and_changes_nothing(
+    runtime, view, archive, sku
+):
     for message in run_commands(runtime, [sku], 3, random.Random(1)):
         feed(runtime.engine, view, message)
-    with pytest.raises(RebuildError, match="did not catch up"):
+    before = [p for p in list_products() if p["sku"] == sku]
+    with pytest.raises(RebuildError, match=r"did not catch up.*Nothing was changed"):
         rebuild(runtime.engine, view, archive, catch_up_timeout=0.3)
+    assert [p for p in list_products() if p["sku"] == sku] == before == command_state([sku])
+    assert runtime.storage.positions.applied(view.name, sku) > 0
+
+
+@pytest.mark.parametrize("kept", ["nothing", "the latest"])
+def test_a_rebuild_refuses_when_the_archive_was_pruned_and_changes_nothing(
+    runtime, view, archive, sku, kept
+):
+    skus = [f"{sku}-{n}" for n in range(3)]
+    for message in run_commands(runtime, skus, 30, random.Random(3)):
+        feed(runtime.engine, archive, message)
+        feed(runtime.engine, view, message)
+    before = [p for p in list_products() if p["sku"] in skus]
+    assert before == command_state(skus) and before
+    old = ArchivedMessage.select(ArchivedMessage.id)
+    if kept == "the latest":
+        old = old.where(ArchivedMessage.position < 3)  # each SKU's first messages
+    ArchivedMessage.update(archived_at=datetime.datetime(2000, 1, 1)).where(
+        ArchivedMessage.id.in_(old)
+    ).execute()
+    assert prune(datetime.timedelta(days=1)) > 0
+    with pytest.raises(RebuildError, match=r"pruned.*Nothing was changed"):
+        rebuild(runtime.engine, view, archive, catch_up_timeout=30)
+    assert [p for p in list_products() if p["sku"] in skus] == before
+    assert all(runtime.storage.positions.applied(view.name, s) > 0 for s in skus)
+
+
+def test_a_rebuild_refuses_when_messages_without_a_stream_were_pruned(runtime, archive, sku):
+    notified = listener(
+        "notified",
+        lambda message: None,
+        bindings=("Warehouse.Events.NotifiedLowProductQuantity.#",),
+        reset=lambda: None,
+    )
+    commands = runtime.services["warehouse"].commands
+    commands.notify_low_product_quantity(sku, 1)
+    [message] = runtime.outbox.pending()
+    assert message.stream is None
+    feed(runtime.engine, archive, message)
+    feed(runtime.engine, notified, message)
+    ArchivedMessage.update(archived_at=datetime.datetime(2000, 1, 1)).execute()
+    prune(datetime.timedelta(days=1))
+    with pytest.raises(RebuildError, match=f"messages \\('{message.id}'"):
+        rebuild(runtime.engine, notified, archive, catch_up_timeout=30)
 
 
 def test_the_archive_keeps_messages_as_written_and_pruning_drops_old_ones(

@@ -11,13 +11,20 @@ import threading
 
 import pytest
 
+from cqrs_warehouse.messaging.archive import ArchivedMessage
 from cqrs_warehouse.messaging.storage.models import StreamPosition
-from tests.processes.conftest import picky_listener
+from tests.processes.conftest import logs_on_failure, picky_listener
 from tests.processes.state import SHIPPED, wait_until_view_matches_commands
 from tests.support.environment import SCHEMAS, service_env
-from tests.support.installation import WATCHER, project_listeners, write_listeners_config
+from tests.support.installation import (
+    WATCHER,
+    Installation,
+    project_listeners,
+    write_listeners_config,
+)
 from tests.support.processes import BIN, ROOT, Finished, run_to_exit
 from tests.support.services import unique_name
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.processes
 
@@ -175,3 +182,30 @@ def test_rebuild_refuses_an_unknown_listener(ops):
     finished = ops.cli("rebuild", name)
     assert finished.returncode == 2, finished.output
     assert f"no listener '{name}'" in finished.stderr
+
+
+def test_rebuild_after_the_archive_was_pruned_refuses_and_keeps_the_view(
+    request, postgres, tmp_path, rabbitmq, sku
+):
+    installation = Installation.create(postgres, tmp_path, name="pruned")
+    with logs_on_failure(request, installation):
+        installation.start_workers(processes=1)
+        installation.start_api(workers=1)
+        skus = [f"{sku}-{n}" for n in range(3)]
+        for n, each in enumerate(skus):
+            assert installation.increase(each, 5 + n).status_code == 200
+        before = wait_until_view_matches_commands(installation)
+
+        def archived() -> None:
+            with installation.reading():
+                assert ArchivedMessage.select().count() == len(skus)
+
+        eventually(archived, timeout=30)
+        assert_ok(installation.cli("archive", "prune", "--older-than", "0"))
+
+        finished = installation.cli("rebuild", "products_view", "--catch-up-timeout", "5")
+        assert finished.returncode == 2, finished.output
+        assert "it was pruned" in finished.stderr
+        assert "Nothing was changed." in finished.stderr
+        assert wait_until_view_matches_commands(installation) == before
+        assert {s: before[s] for s in skus} == {s: 5 + n for n, s in enumerate(skus)}

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from cqrs_warehouse.messaging.consistency import encode_token
+from cqrs_warehouse.messaging.storage.models import StreamHead
 from tests.processes.state import (
     command_state,
     outbox_size,
@@ -118,9 +119,12 @@ def test_sigterm_to_gunicorn_finishes_the_requests_in_flight_and_loses_none(spar
     try:
         load.wait_for(30)
         # A request that stays in flight for CONSISTENCY_TIMEOUT (3 s): it waits
-        # for a write that never comes.
+        # for a write the command side has issued but that never comes.
+        with spare.reading():
+            StreamHead.insert(stream=f"{sku}-slow", routing_key="never", position=1).execute()
         slow = http.client.HTTPConnection("127.0.0.1", spare.port, timeout=40)
-        slow.request("GET", f"/warehouse/products/{sku}-slow?after={encode_token(sku, 1)}")
+        token = encode_token(f"{sku}-slow", 1)
+        slow.request("GET", f"/warehouse/products/{sku}-slow?after={token}")
         load.wait_for(load.count() + 12)  # later requests were served meanwhile
         load.server_going.set()
         api.process.send_signal(signal.SIGTERM)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 import dramatiq
@@ -45,6 +46,14 @@ def run(args: argparse.Namespace, runtime: Runtime) -> int:
     # Refuse a bad listeners.yaml before starting anything, and migrate; the
     # process gunicorn forks builds its own runtime.
     runtime.routing  # noqa: B018
+    waiting = runtime.settings.consistency_max_waiting
+    if waiting >= args.threads:
+        print(
+            f"cqrs-warehouse serve: CONSISTENCY_MAX_WAITING={waiting} must be below --threads "
+            f"({args.threads}), or waiting reads could take every thread from writes",
+            file=sys.stderr,
+        )
+        return 2
     with runtime.database.connection_context():
         migrations.migrate(runtime.database, runtime.slices)
     settings = runtime.settings

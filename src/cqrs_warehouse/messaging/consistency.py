@@ -6,6 +6,12 @@ listener it reads from has applied that position; listeners record their
 positions in the same transaction as their writes, so the check is exact
 across processes.
 
+Waits are bounded: a token naming a position beyond the last one the
+commands issued for its stream is refused at once (it would never be
+applied), and at most ``max_waiting`` reads of a process wait at a time;
+one more is refused at once (``ConsistencyBusyError``), so waiting reads
+never take every thread of the API from writes and health checks.
+
 Waiting does not poll in a loop: the listener engine announces each
 position it applies, to this process's waiters once committed and, where
 the database signals (PostgreSQL's NOTIFY, sent with the commit), to every
@@ -22,10 +28,10 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from .errors import InvalidConsistencyTokenError
+from .errors import ConsistencyBusyError, InvalidConsistencyTokenError
 from .storage.positions import Positions
 from .storage.signals import Signals
 
@@ -56,7 +62,8 @@ class Consistency:
     """Announces applied positions, and lets readers wait for them.
 
     ``listeners``: those whose handlers readers wait on (``read_your_writes``);
-    only their positions are announced.
+    only their positions are announced. ``issued(stream)``: the last position
+    the commands issued in ``stream`` (0 if none).
     """
 
     def __init__(
@@ -66,6 +73,8 @@ class Consistency:
         signals: Signals,
         *,
         channel: str,
+        issued: Callable[[str], int],
+        max_waiting: int,
         listeners: Collection[str] = (),
         recheck: float = 0.5,
     ) -> None:
@@ -73,10 +82,13 @@ class Consistency:
         self.positions = positions
         self.signals = signals
         self.channel = channel
+        self.issued = issued
+        self.max_waiting = max_waiting
         self.listeners = frozenset(listeners)
         self.recheck = recheck
         self._lock = threading.Lock()
         self._waiting: dict[tuple[str, str], set[threading.Event]] = defaultdict(set)
+        self._count = 0
         self._following = False
 
     def announce(self, listener: str, applied: Mapping[str, int], after_commit: Any) -> None:
@@ -93,12 +105,27 @@ class Consistency:
         after_commit(lambda: self._wake(listener, streams))
 
     def wait_for(self, listener: str, token: str, timeout: float) -> bool:
-        """True once ``listener`` has applied the token's position; False after ``timeout`` s."""
+        """True once ``listener`` has applied the token's position; False after
+        ``timeout`` s. Raises InvalidConsistencyTokenError for a position never
+        issued, ConsistencyBusyError when ``max_waiting`` reads wait already."""
         stream, position = decode_token(token)
+        if self.positions.applied(listener, stream) >= position:
+            return True
+        last = self.issued(stream)
+        if position > last:
+            raise InvalidConsistencyTokenError(
+                f"the token names position {position} of stream {stream[:80]!r}, but the "
+                f"commands have issued {last} there: it was not issued by this service"
+            )
         self._ensure_following()
         event = threading.Event()
         key = (listener, stream)
         with self._lock:
+            if self._count >= self.max_waiting:
+                raise ConsistencyBusyError(
+                    f"{self._count} reads wait for their tokens in this process already"
+                )
+            self._count += 1
             self._waiting[key].add(event)
         try:
             deadline = time.monotonic() + timeout
@@ -111,6 +138,7 @@ class Consistency:
             return True
         finally:
             with self._lock:
+                self._count -= 1
                 waiting = self._waiting.get(key)
                 if waiting is not None:
                     waiting.discard(event)
@@ -120,7 +148,7 @@ class Consistency:
     def waiting(self) -> int:
         """How many readers wait now."""
         with self._lock:
-            return sum(len(events) for events in self._waiting.values())
+            return self._count
 
     def _wake(self, listener: str, streams: Collection[str]) -> None:
         with self._lock:

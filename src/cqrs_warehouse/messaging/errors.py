@@ -20,6 +20,7 @@ MessagingError
 ├── RoutingConfigError           listeners.yaml is malformed
 ├── PublishError                 the broker did not confirm a publish
 ├── InvalidConsistencyTokenError a token this service did not issue
+├── ConsistencyBusyError         too many reads wait for their tokens already
 ├── RebuildError                 a listener cannot be rebuilt now
 └── ConfigurationError           the environment asks for something impossible
 """
@@ -88,6 +89,10 @@ class PublishError(MessagingError):
 
 class InvalidConsistencyTokenError(MessagingError):
     """A consistency token that this service did not issue."""
+
+
+class ConsistencyBusyError(MessagingError):
+    """As many reads as allowed wait for their tokens in this process already."""
 
 
 class RebuildError(MessagingError):

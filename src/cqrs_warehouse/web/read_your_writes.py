@@ -3,7 +3,8 @@
 A request may carry a consistency token from a command's response
 (``?after=TOKEN`` or the ``X-Consistency-Token`` header); the resource then
 answers once the listener it reads from has applied that command's event,
-or 503 after CONSISTENCY_TIMEOUT seconds.
+or 503 after CONSISTENCY_TIMEOUT seconds; at once when CONSISTENCY_MAX_WAITING
+reads of this process wait already. A token the commands never issued is a 400.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import falcon
 
 from cqrs_warehouse.messaging.consistency import Consistency
+from cqrs_warehouse.messaging.errors import ConsistencyBusyError
 
 
 class ReadYourWrites:
@@ -24,7 +26,15 @@ class ReadYourWrites:
         token = req.get_param("after") or req.get_header("X-Consistency-Token")
         if not token:
             return
-        if not self.consistency.wait_for(self.listener, token, self.timeout):
+        try:
+            applied = self.consistency.wait_for(self.listener, token, self.timeout)
+        except ConsistencyBusyError as error:
+            raise falcon.HTTPServiceUnavailable(
+                title="Too many waiting reads.",
+                description=f"{error}; retry, or read without the token.",
+                retry_after=1,
+            ) from None
+        if not applied:
             raise falcon.HTTPServiceUnavailable(
                 title="Not consistent yet.",
                 description=(

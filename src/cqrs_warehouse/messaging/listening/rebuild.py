@@ -1,6 +1,11 @@
 """Rebuilding a listener: empty its state and replay the archive to it, under live traffic.
 
-Used by ``cqrs-warehouse rebuild``. The reset happens in one transaction
+Used by ``cqrs-warehouse rebuild``. Before it touches anything, it refuses
+when the archive cannot rebuild the listener: when the archive no longer
+holds what it once received of the listener's streams and messages (it was
+pruned), or when it has not received, within the catch-up timeout, what
+the listener has applied (the archive listener is not running). The reset
+happens in one transaction
 that briefly locks the listener bookkeeping tables and takes a snapshot of
 what the listener had applied. Afterwards, live messages of a stream are
 held (the listener's positions start again from 0) until the replay
@@ -16,11 +21,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import peewee
+
 from ..archive import ArchivedMessage
 from ..envelope import envelope_from_record
 from ..errors import RebuildError
 from ..message import routing_key_for
 from ..routing import ListenerSpec
+from ..storage.models import ProcessedMessage, StreamHead, StreamPosition
 from ..storage.positions import Snapshot
 from .engine import Engine
 from .ordering import Outcome
@@ -47,9 +55,10 @@ def rebuild(
 ) -> RebuildReport:
     """Empty ``spec``'s state and replay the archive (kept by ``archive``) to it alone.
 
-    ``progress(done, total)`` is called as it goes. Raises RebuildError if
-    the listener declares no reset, or if the archive does not catch up with
-    what the listener had applied within ``catch_up_timeout`` seconds.
+    ``progress(done, total)`` is called as it goes. Raises RebuildError,
+    changing nothing, if the listener declares no reset, if the archive was
+    pruned of what the listener reads, or if it does not catch up with what
+    the listener has applied within ``catch_up_timeout`` seconds.
     """
     if spec.reset is None:
         raise RebuildError(
@@ -58,6 +67,15 @@ def rebuild(
         )
     if spec.name == archive.name:
         raise RebuildError("the archive itself cannot be rebuilt")
+    deadline = time.monotonic() + catch_up_timeout
+    pruned = pruned_from_archive(spec, archive)
+    if pruned:
+        raise RebuildError(
+            f"the archive ({archive.name}) no longer holds what it received of {pruned}, "
+            f"which {spec.name} reads: it was pruned, and a rebuild would lose it. "
+            "Nothing was changed."
+        )
+    _wait_until_covered(engine, engine.positions.snapshot(spec.name), spec, archive, deadline)
     with engine.outbox.transaction():
         snapshot = engine.positions.forget(spec.name)
         spec.reset()
@@ -69,7 +87,7 @@ def rebuild(
     )
     report = RebuildReport()
     last_id = 0
-    deadline = time.monotonic() + catch_up_timeout
+    deadline = time.monotonic() + catch_up_timeout  # for what it applied since the check
     while True:
         total = ArchivedMessage.select().count()
         while rows := _rows_after(last_id, batch_size):
@@ -84,9 +102,81 @@ def rebuild(
         if time.monotonic() > deadline:
             raise RebuildError(
                 f"the archive ({archive.name}) did not catch up with what {spec.name} had "
-                f"applied within {catch_up_timeout:g} s; is the archive listener running?"
+                f"applied within {catch_up_timeout:g} s after the reset; is the archive "
+                f"listener running? {spec.name} holds what was replayed so far: run the "
+                "rebuild again once the archive listener runs"
             )
         time.sleep(0.2)  # the archive listener is still receiving what the listener had
+
+
+def pruned_from_archive(spec: ListenerSpec, archive: ListenerSpec, sample: int = 3) -> str:
+    """What the archive received and no longer holds that a replay to ``spec``
+    would need, in words ("" if nothing): the streams of ``spec``'s routing
+    keys whose first message is gone (the first has no predecessors), and the
+    messages without a stream that ``spec`` applied and the archive lost."""
+    keys = [
+        key
+        for key in StreamHead.select(StreamHead.routing_key).distinct().scalars()
+        if spec.accepts(key)
+    ]
+    streams = list(
+        StreamPosition.select(StreamPosition.stream)
+        .where(
+            (StreamPosition.listener == archive.name)
+            & peewee.fn.EXISTS(
+                StreamHead.select(peewee.SQL("1")).where(
+                    (StreamHead.stream == StreamPosition.stream) & StreamHead.routing_key.in_(keys)
+                )
+            )
+            & ~peewee.fn.EXISTS(
+                ArchivedMessage.select(peewee.SQL("1")).where(
+                    (ArchivedMessage.stream == StreamPosition.stream)
+                    & ArchivedMessage.predecessors.is_null()
+                )
+            )
+        )
+        .limit(sample)
+        .scalars()
+    )
+    archived = ProcessedMessage.alias()
+    messages = list(
+        ProcessedMessage.select(ProcessedMessage.message_id)
+        .join(
+            archived,
+            on=(
+                (archived.message_id == ProcessedMessage.message_id)
+                & (archived.listener == archive.name)
+            ),
+        )
+        .where(
+            (ProcessedMessage.listener == spec.name)
+            & ~peewee.fn.EXISTS(
+                ArchivedMessage.select(peewee.SQL("1")).where(
+                    ArchivedMessage.message_id == ProcessedMessage.message_id
+                )
+            )
+        )
+        .limit(sample)
+        .scalars()
+    )
+    parts = [
+        f"{what} ({', '.join(map(repr, found))}...)"
+        for what, found in (("streams", streams), ("messages", messages))
+        if found
+    ]
+    return " and ".join(parts)
+
+
+def _wait_until_covered(
+    engine: Engine, snapshot: Snapshot, spec: ListenerSpec, archive: ListenerSpec, deadline: float
+) -> None:
+    while not _covered(engine, snapshot, archive.name):
+        if time.monotonic() > deadline:
+            raise RebuildError(
+                f"the archive ({archive.name}) did not catch up with what {spec.name} has "
+                "applied in time; is the archive listener running? Nothing was changed."
+            )
+        time.sleep(0.2)  # the archive listener is still receiving what the listener has
 
 
 def _rows_after(last_id: int, limit: int) -> list[ArchivedMessage]:

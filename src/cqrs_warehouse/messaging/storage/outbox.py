@@ -69,6 +69,10 @@ class OutboxStore:
         ).execute()
         return predecessors
 
+    def last_position(self, stream: str) -> int:
+        """The last position appended in ``stream`` (0 if none)."""
+        return max((int(last) for _, last in _HEADS.rows(stream)), default=0)
+
     def take(self, limit: int) -> list[OutboxRow]:
         """The oldest rows, deleted by the open transaction (they come back if it
         rolls back). On SQLite the transaction began IMMEDIATE: it holds the

@@ -164,11 +164,8 @@ class Positions:
         (their handler failed when they were up next); oldest first."""
         return list(self._ready_held(limit))
 
-    def forget(self, listener: str) -> Snapshot:
-        """Forget everything ``listener`` applied and held, in the open
-        transaction; returns what it was. No listener writes its bookkeeping
-        meanwhile (on SQLite the transaction holds the write lock)."""
-        self._lock_tables()
+    def snapshot(self, listener: str) -> Snapshot:
+        """What ``listener`` has applied and held."""
         positions = {
             stream: int(position)
             for stream, position in StreamPosition.select(
@@ -186,9 +183,17 @@ class Positions:
             .tuples()
             .iterator()
         }
+        return Snapshot(positions, message_ids)
+
+    def forget(self, listener: str) -> Snapshot:
+        """Forget everything ``listener`` applied and held, in the open
+        transaction; returns what it was. No listener writes its bookkeeping
+        meanwhile (on SQLite the transaction holds the write lock)."""
+        self._lock_tables()
+        snapshot = self.snapshot(listener)
         for model in (StreamPosition, HeldMessage, ProcessedMessage):
             model.delete().where(model.listener == listener).execute()
-        return Snapshot(positions, message_ids)
+        return snapshot
 
     def positions_of(self, listener: str, streams: Sequence[str]) -> dict[str, int]:
         """The position ``listener`` applied in each of ``streams`` it has one in."""
