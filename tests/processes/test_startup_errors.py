@@ -95,3 +95,23 @@ def test_the_api_and_the_workers_refuse_to_start_without_broker_url(
 
     assert finished.returncode != 0, finished.output
     assert "BROKER_URL is not set" in finished.output, finished.output
+
+
+@pytest.mark.parametrize("command", ["gunicorn", "cqrs-warehouse serve"])
+def test_the_api_refuses_to_let_waiting_reads_take_every_thread(
+    tmp_path: Path, command: str
+) -> None:
+    env = service_env(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'service.db'}",
+        BROKER_URL=BROKER_URL if command == "gunicorn" else None,
+        LISTENERS_CONFIG=str(write_listeners_config(tmp_path / "l.yaml", project_listeners())),
+        WEB_CONCURRENCY="1",
+        GUNICORN_THREADS="4",
+        CONSISTENCY_MAX_WAITING="4" if command == "gunicorn" else "8",  # serve: 8 threads
+    )
+
+    finished = run_to_exit(COMMANDS[command](), env=env, cwd=tmp_path, timeout=STARTUP_TIMEOUT)
+
+    assert finished.returncode == 2, finished.output
+    assert "CONSISTENCY_MAX_WAITING=" in finished.output
+    assert "must be below" in finished.output
