@@ -133,6 +133,7 @@ class Settings:
     api_token: str | None = variable("API_TOKEN", None)
     max_body_bytes: int = variable("MAX_BODY_BYTES", 16384, number(int, minimum=64))
     consistency_timeout: float = variable("CONSISTENCY_TIMEOUT", 5.0, number(float, minimum=0.0))
+    idempotency_key_ttl: int = variable("IDEMPOTENCY_KEY_TTL", 86400, number(int, minimum=1))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
