@@ -134,6 +134,7 @@ class Settings:
     max_body_bytes: int = variable("MAX_BODY_BYTES", 16384, number(int, minimum=64))
     consistency_timeout: float = variable("CONSISTENCY_TIMEOUT", 5.0, number(float, minimum=0.0))
     consistency_max_waiting: int = variable("CONSISTENCY_MAX_WAITING", 2, number(int, minimum=0))
+    idempotency_key_ttl: int = variable("IDEMPOTENCY_KEY_TTL", 86400, number(int, minimum=1))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -30,6 +30,7 @@ from .messaging.schemas import SchemaRegistry
 from .messaging.storage import Database
 from .messaging.storage.models import (
     HeldMessage,
+    IdempotencyKey,
     OutboxRecord,
     ProcessedMessage,
     StreamHead,
@@ -115,6 +116,7 @@ CORE = Slice(
                 DeadLetter,
                 ArchivedMessage,
                 Delivery,
+                IdempotencyKey,
             ),
         ),
     ),

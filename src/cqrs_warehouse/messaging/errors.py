@@ -14,6 +14,7 @@ MessagingError
 ├── StorageError                 the database refused a statement
 │   ├── TransientStorageError      nobody's fault, it passes: retried, never dead-lettered
 │   │   ├── DatabaseUnavailableError   no connection, or it broke
+│   │   │   └── CommitOutcomeUnknownError  it broke during COMMIT: committed or not, unknown
 │   │   ├── ConflictError              a deadlock, a serialization failure, a locked SQLite
 │   │   └── MissingTableError          a table is missing: `cqrs-warehouse migrate` has not run
 │   └── RefusedClaimError          a claim made ahead (or a bet) did not hold
@@ -64,6 +65,11 @@ class TransientStorageError(StorageError):
 
 class DatabaseUnavailableError(TransientStorageError):
     """The database could not be reached, or the connection broke."""
+
+
+class CommitOutcomeUnknownError(DatabaseUnavailableError):
+    """The connection broke while committing: the transaction may have committed
+    or not. Only an idempotent retry (the API's Idempotency-Key) is safe."""
 
 
 class ConflictError(TransientStorageError):

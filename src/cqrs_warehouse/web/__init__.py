@@ -21,6 +21,7 @@ from ..messaging.metrics import StateCollector
 from ..runtime import Runtime, build
 from . import openapi
 from .errors import add_error_handlers
+from .idempotency import Idempotency
 from .middleware import DatabaseConnection, Hardening, HttpMetrics, RequestContext
 from .resources import Check, Liveness, Metrics, OpenApi, Readiness
 
@@ -37,6 +38,7 @@ def create_app(runtime: Runtime) -> falcon.App:
             RequestContext(metrics),
             DatabaseConnection(database),
             Hardening(api_token=settings.api_token, max_body_bytes=settings.max_body_bytes),
+            Idempotency(runtime.outbox, settings.idempotency_key_ttl),  # after the checks
         ]
     )
     # Falcon's default JSON handler builds a json.JSONEncoder per response;

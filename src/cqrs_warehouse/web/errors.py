@@ -9,6 +9,7 @@ from typing import Any
 import falcon
 
 from ..messaging.errors import (
+    CommitOutcomeUnknownError,
     DatabaseUnavailableError,
     InvalidConsistencyTokenError,
     StorageError,
@@ -34,8 +35,20 @@ def add_error_handlers(
         req: falcon.Request, resp: falcon.Response, error: StorageError, params: Any
     ) -> None:
         logger.error("database error on %s %s: %r", req.method, req.path, error)
-        if isinstance(error, DatabaseUnavailableError):
+        if isinstance(error, DatabaseUnavailableError) and not database.in_transaction():
+            # (Inside the Idempotency middleware's transaction, its rollback fails
+            # on the broken connection and brings the error here again.)
             database.discard_broken_connection()
+        if isinstance(error, CommitOutcomeUnknownError):
+            raise falcon.HTTPServiceUnavailable(
+                title="Outcome unknown.",
+                description=(
+                    "The connection to the database broke while committing: the request may "
+                    "or may not have been applied. Retry it with the same Idempotency-Key, "
+                    "which applies it exactly once."
+                ),
+                retry_after=1,
+            )
         if isinstance(error, TransientStorageError):
             raise falcon.HTTPServiceUnavailable(
                 title="Database unavailable.",

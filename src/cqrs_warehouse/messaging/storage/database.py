@@ -10,6 +10,7 @@ paths need (``execute_prepared``, ``defer``); PostgreSQL's are in
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from playhouse.db_url import parse as parse_url
 from playhouse.pool import PooledPostgresqlDatabase
 
 from ..errors import (
+    CommitOutcomeUnknownError,
     ConfigurationError,
     ConflictError,
     DatabaseUnavailableError,
@@ -32,7 +34,7 @@ from .postgres import DeferredPostgresql, Prepared
 
 #: The SQLSTATE that ``messaging.claim_next`` and ``messaging.expect`` raise (migration 0005).
 REFUSED_CLAIM = "WQ001"
-_CONFLICTS = {"40001", "40P01"}  # serialization failure, deadlock
+_CONFLICTS = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock timeout
 _MISSING = {"42P01", "3F000", "42883"}  # undefined table, schema, function
 
 
@@ -61,12 +63,24 @@ class _Translating(peewee.Database):
         try:
             super().commit()
         except peewee.PeeweeException as error:
-            raise self.translate(error) from error
+            translated = self.translate(error)
+            if type(translated) is DatabaseUnavailableError:
+                # The COMMIT may have reached the server before the connection broke.
+                translated = CommitOutcomeUnknownError(
+                    f"the connection broke during COMMIT; the transaction may have committed: "
+                    f"{error}"
+                )
+            raise translated from error
 
     def rollback(self) -> None:
+        # peewee rolls back after a failed COMMIT; on the broken connection that
+        # fails too, and its error must not hide that the outcome is unknown.
+        failed_commit = sys.exc_info()[1]
         try:
             super().rollback()
         except peewee.PeeweeException as error:
+            if isinstance(failed_commit, CommitOutcomeUnknownError):
+                raise failed_commit from error
             raise self.translate(error) from error
 
     def translate(self, error: peewee.PeeweeException) -> MessagingError:

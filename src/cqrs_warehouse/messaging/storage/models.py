@@ -122,3 +122,17 @@ class HeldMessage(Model):
             written_version=self.written_version,
             correlation_id=self.correlation_id,
         )
+
+
+class IdempotencyKey(Model):
+    """A command's Idempotency-Key and its first answer, committed with the command's effect."""
+
+    key = peewee.CharField(max_length=255, primary_key=True)
+    request = peewee.CharField(max_length=64)  # SHA-256 of the method, path and canonical body
+    status = peewee.IntegerField(null=True)  # the answer, stored before the commit
+    body = peewee.TextField(null=True)  # JSON
+    consistency_token = peewee.TextField(null=True)
+    expires_at = peewee.DateTimeField(index=True)
+
+    class Meta:
+        table_name = "messaging_idempotency_keys"
