@@ -61,7 +61,9 @@ def create_app(runtime: Runtime) -> falcon.App:
         dead_letters=_in_connection(database, runtime.dead_letters.counts),
         queue_depths=lambda: runtime.transport.queue_depths(runtime.listener_queues()),
     )
-    document = openapi.document((s.name, s.openapi) for s in runtime.slices)
+    document = openapi.document(
+        ((s.name, s.openapi) for s in runtime.slices), secured=bool(settings.api_token)
+    )
     app.add_route("/livez", Liveness())
     app.add_route("/readyz", Readiness(checks))
     app.add_route("/metrics", Metrics([metrics.registry, runtime.metrics.registry], [state]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,9 @@ def add_error_handlers(
     status they declare, storage errors to 503 or 500; anything else is a 500
     with a JSON body and a log line."""
     app.set_error_serializer(_json_error)
+    # Falcon answers 400 to a body its JSON handler cannot parse (a ValueError:
+    # bad JSON, bad UTF-8); a body nested past the parser's depth is one too.
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(loads=_loads)
     app.add_error_handler(Exception, _unexpected_error)
     for error_class, status in slice_errors.items():
         app.add_error_handler(error_class, _domain_error(status))
@@ -60,6 +64,13 @@ def add_error_handlers(
         )
 
     app.add_error_handler(StorageError, storage_error)
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
 
 
 def _json_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:

@@ -12,11 +12,17 @@ import falcon
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..messaging import context
+from .openapi import REQUEST_ID_PATTERN
 
 logger = logging.getLogger("cqrs_warehouse.web")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+# A write method and its responder's name.
+_WRITE_METHODS = {method: f"on_{method.lower()}" for method in ("POST", "PUT", "PATCH", "DELETE")}
+# The metrics' method label: one of these or "other" (a method as sent would make new series).
+_METHOD_LABELS = {
+    method: method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
 
 
 class HttpMetrics:
@@ -82,8 +88,9 @@ class RequestContext:
         status = resp.status_code
         elapsed = time.perf_counter() - getattr(req.context, "started", time.perf_counter())
         metrics = self.metrics
-        metrics.labels(metrics.requests, route, req.method, str(status)).inc()
-        metrics.labels(metrics.durations, route, req.method).observe(elapsed)
+        method = _METHOD_LABELS.get(req.method, "other")
+        metrics.labels(metrics.requests, route, method, str(status)).inc()
+        metrics.labels(metrics.durations, route, method).observe(elapsed)
         command = getattr(req.context, "command", None)
         if command is not None:
             outcome = "accepted" if status < 300 else "refused" if status < 500 else "failed"
@@ -95,7 +102,9 @@ class RequestContext:
 
 
 class Hardening:
-    """Bearer token on writes (when API_TOKEN is set), body size and JSON bodies."""
+    """On writes a resource serves: the bearer token (when API_TOKEN is set), the
+    body's size and media type. (A method the
+    resource does not serve goes on to Falcon's 405.)"""
 
     def __init__(self, *, api_token: str | None, max_body_bytes: int) -> None:
         self.api_token = api_token.encode() if api_token else None
@@ -104,7 +113,8 @@ class Hardening:
     def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict
     ) -> None:
-        if req.method not in _WRITE_METHODS or resource is None:
+        responder = _WRITE_METHODS.get(req.method)
+        if responder is None or not hasattr(resource, responder):
             return
         if self.api_token is not None:
             scheme, _, token = (req.get_header("Authorization") or "").partition(" ")

@@ -1,21 +1,16 @@
-"""Request bodies checked against a JSON Schema (an OpenAPI document's). For slices' resources."""
+"""Request bodies checked against a JSON Schema (an OpenAPI document's). For slices' resources.
+
+The rules are JSON Schema's: an ``integer`` is a number with an integral value
+(5.0 is one; 5.5, "5" and true are not); a resource that needs an int takes
+``int(value)`` of a body this accepted.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-import jsonschema
 from jsonschema import Draft202012Validator
-
-
-def _strict_integer(checker: Any, instance: Any) -> bool:
-    # JSON Schema counts 1.0 as an integer; a quantity sent as 1.0 is refused.
-    return isinstance(instance, int) and not isinstance(instance, bool)
-
-
-_TYPES = Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer)
-_Validator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPES)
 
 
 class BodyValidator:
@@ -23,7 +18,7 @@ class BodyValidator:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.schema = schema
-        self._validator = _Validator({**schema, "$defs": {}})
+        self._validator = Draft202012Validator({**schema, "$defs": {}})
         self._accepts = _plain_check(schema)
 
     def errors(self, body: Any) -> list[str]:
@@ -59,7 +54,7 @@ def _plain_check(schema: dict[str, Any]) -> Callable[[Any], bool] | None:
         return None
 
     def accepts(body: Any) -> bool:
-        # type(...) is, not isinstance: bool is an int, and a subclass goes to jsonschema.
+        # type(...) is, not isinstance: bool is an int; a float or a subclass goes to jsonschema.
         if type(body) is not dict or any(name not in body for name in required):
             return False
         for name, value in body.items():

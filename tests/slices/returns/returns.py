@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -12,7 +13,7 @@ import peewee
 from cqrs_warehouse.messaging import Handler, Message, Model, Outbox, Statement, encode_token
 from cqrs_warehouse.settings import number, variable
 from cqrs_warehouse.slices import Route, SliceContext
-from cqrs_warehouse.web.openapi import READ_YOUR_WRITES, error_response
+from cqrs_warehouse.web.openapi import READ_YOUR_WRITES, consistent_read, error_response
 from cqrs_warehouse.web.read_your_writes import ReadYourWrites
 from cqrs_warehouse.web.validation import BodyValidator
 
@@ -126,12 +127,23 @@ def returned(sku: str) -> int:
 
 # --- HTTP -----------------------------------------------------------------------
 
+SKU_PATTERN = (
+    r"^[A-Za-z0-9._-]{1,64}$"  # the warehouse's rule, stated again: no slice imports another
+)
+_SKU = re.compile(SKU_PATTERN)
+
 _BODY = {
     "type": "object",
     "properties": {"quantity": {"type": "integer", "minimum": 1}},
     "required": ["quantity"],
     "additionalProperties": False,
 }
+
+
+def _valid_sku(sku: str) -> str:
+    if not _SKU.fullmatch(sku):
+        raise ReturnsError(f"SKU {sku!r} must be 1 to 64 of letters, digits, '-', '_' and '.'")
+    return sku
 
 
 class ReturnResource:
@@ -142,19 +154,19 @@ class ReturnResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, sku: str) -> None:
         req.context.command = "record_return"
+        _valid_sku(sku)
         body = req.get_media()
         problems = self.body.errors(body)
         if problems:
             raise ReturnsError("; ".join(problems))
-        message = self.returns.record_return(sku, body["quantity"])
+        message = self.returns.record_return(sku, int(body["quantity"]))
         assert message.stream is not None and message.position is not None
-        resp.media = {
-            "sku": sku,
-            "message_id": message.id,
-            "consistency_token": encode_token(message.stream, message.position),
-        }
+        token = encode_token(message.stream, message.position)
+        resp.set_header("X-Consistency-Token", token)
+        resp.media = {"sku": sku, "message_id": message.id, "consistency_token": token}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, sku: str) -> None:
+        _valid_sku(sku)
         self.consistent.wait(req)
         resp.media = {"sku": sku, "returned": returned(sku)}
 
@@ -173,7 +185,12 @@ FRAGMENT: dict[str, Any] = {
     "paths": {
         "/returns/{sku}": {
             "parameters": [
-                {"name": "sku", "in": "path", "required": True, "schema": {"type": "string"}}
+                {
+                    "name": "sku",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": SKU_PATTERN, "maxLength": 64},
+                }
             ],
             "post": {
                 "summary": "Record a return.",
@@ -182,17 +199,52 @@ FRAGMENT: dict[str, Any] = {
                     "content": {"application/json": {"schema": _BODY}},
                 },
                 "responses": {
-                    "200": {"description": "Recorded; the event is in the outbox."},
-                    "400": error_response("Not a quantity the returns accept."),
+                    "200": {
+                        "description": "Recorded; the event is in the outbox.",
+                        "headers": {
+                            "X-Consistency-Token": {"$ref": "#/components/headers/ConsistencyToken"}
+                        },
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "sku": {"type": "string"},
+                                        "message_id": {"type": "string"},
+                                        "consistency_token": {"type": "string"},
+                                    },
+                                    "required": ["sku", "message_id", "consistency_token"],
+                                }
+                            }
+                        },
+                    },
+                    "400": error_response(
+                        "Nothing changed: an invalid SKU or body, or a quantity over "
+                        "RETURNS_MOST_PER_RETURN (a setting, default 1000)."
+                    ),
                 },
             },
             "get": {
                 "summary": "The quantity returned of a SKU.",
                 "parameters": READ_YOUR_WRITES,
-                "responses": {
-                    "200": {"description": "The quantity returned."},
-                    "503": error_response("The view has not applied the token's write in time."),
-                },
+                "responses": consistent_read(
+                    {
+                        "description": "The quantity returned.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "sku": {"type": "string"},
+                                        "returned": {"type": "integer"},
+                                    },
+                                    "required": ["sku", "returned"],
+                                }
+                            }
+                        },
+                    },
+                    invalid="An invalid SKU. ",
+                ),
             },
         }
     }

@@ -34,10 +34,10 @@ class QuantityCommandResource:
             if not isinstance(body, dict) or set(body) - {"quantity"}:
                 error = InvalidBodyError
             raise error(
-                'the body must be {"quantity": N} with N an integer from 1 to 2147483647: '
-                + "; ".join(problems)
+                'the body must be {"quantity": N} with N an integer from 1 to 2147483647 '
+                "(5.0 counts as 5): " + "; ".join(problems)
             )
-        quantity = body["quantity"]
+        quantity = int(body["quantity"])  # JSON Schema's integer: 5.0 is 5
         message = self.command(sku, quantity)
         assert message.stream is not None and message.position is not None
         token = encode_token(message.stream, message.position)
