@@ -135,7 +135,7 @@ def waiting_on_a_lock(database: Any, kind: str, longer_than: float) -> None:
     (waiting,) = database.execute_sql(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND wait_event_type = 'Lock' AND wait_event = %s "
-        "AND now() - query_start > make_interval(secs => %s)",
+        "AND clock_timestamp() - query_start > make_interval(secs => %s)",
         (kind, longer_than),
     ).fetchone()
     assert waiting == 1
