@@ -55,7 +55,8 @@ def fill(runtime: Runtime, start: int, stop: int, skus: int, part: int, parts: i
 
 def _run_batch(runtime: Runtime, batch: list[int], skus: int) -> None:
     commands = runtime.services["warehouse"].commands
-    with runtime.outbox.transaction():
+    # A bulk load, not traffic: no statement or lock timeout (SET LOCAL).
+    with runtime.outbox.transaction(), runtime.database.unbounded():
         for index in batch:
             run_command(commands, index, skus)
 

@@ -35,7 +35,8 @@ def _runner(database: Database, store: Store) -> Runner:
 def migrate(database: Database, slices: Iterable[Slice]) -> list[str]:
     """Apply every pending migration of every store; returns what was applied."""
     applied = []
-    with database.exclusively(_LOCK_KEY):
+    # A migration may rewrite a large table: no statement or lock timeout.
+    with database.unbounded(), database.exclusively(_LOCK_KEY):
         for store in _stores(slices):
             if database.has_schemas:
                 database.execute_sql(f'CREATE SCHEMA IF NOT EXISTS "{store.schema}"')

@@ -33,7 +33,7 @@ from .messaging.outbox import Outbox
 from .messaging.rabbitmq import RabbitmqTransport
 from .messaging.routing import RoutingConfig, load_routing
 from .messaging.schemas import SchemaRegistry
-from .messaging.storage import Storage, open_storage
+from .messaging.storage import Storage, Timeouts, open_storage
 from .messaging.transport import Transport
 from .messaging.waking import DrainWaker
 from .settings import Settings, read_settings
@@ -52,7 +52,13 @@ class Runtime:
         self.slices = slices
         self.wrap_publisher = wrap_publisher
         self.storage: Storage = open_storage(
-            settings.database_url, notify_channel=settings.notify_channel
+            settings.database_url,
+            notify_channel=settings.notify_channel,
+            timeouts=Timeouts(
+                connect=settings.database_connect_timeout,
+                statement=settings.database_statement_timeout,
+                lock=settings.database_lock_timeout,
+            ),
         )
         self.database = self.storage.database
         self.bind_models()

@@ -21,7 +21,18 @@ DEFAULT_DATABASE_URL = "sqlite:///cqrs-warehouse.db"
 #: The slices an installation runs when SLICES is not set.
 DEFAULT_SLICES = ("cqrs_warehouse.warehouse",)
 
-_QUEUE_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9._-]{0,63})?$")
+_QUEUE_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9._-]*)?$")
+#: The longest names listeners.yaml accepts (messaging/routing.py), and what
+#: QUEUE_PREFIX is put in front of: (limit, bytes the prefix is followed by, what).
+_PREFIX_LIMITS = (
+    (63, len("applied"), "PostgreSQL's NOTIFY channel names (QUEUE_PREFIX + 'applied')"),
+    (255, 200, "AMQP exchange names (QUEUE_PREFIX + an exchange name of up to 200)"),
+    (
+        255,
+        100 + len(".DQ"),
+        "AMQP queue names (QUEUE_PREFIX + a listener name of up to 100 + '.DQ')",
+    ),
+)
 _MODULE_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _PASSWORD_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]*@", re.IGNORECASE)
 
@@ -96,8 +107,15 @@ def _queue_prefix(name: str, raw: str) -> str:
     if not _QUEUE_PREFIX.fullmatch(raw):
         raise ConfigurationError(
             f"{name}={raw!r}: must start with a letter or '_' and hold only "
-            "letters, digits, '.', '_' and '-' (at most 64)"
+            "letters, digits, '.', '_' and '-'"
         )
+    broken = [
+        f"{what} are at most {limit} bytes (a prefix of at most {limit - after})"
+        for limit, after, what in _PREFIX_LIMITS
+        if len(raw) + after > limit  # (ASCII: a character is a byte)
+    ]
+    if broken:
+        raise ConfigurationError(f"{name} is {len(raw)} characters, too long: {'; '.join(broken)}")
     return raw
 
 
@@ -135,6 +153,14 @@ class Settings:
     consistency_timeout: float = variable("CONSISTENCY_TIMEOUT", 5.0, number(float, minimum=0.0))
     consistency_max_waiting: int = variable("CONSISTENCY_MAX_WAITING", 2, number(int, minimum=0))
     idempotency_key_ttl: int = variable("IDEMPOTENCY_KEY_TTL", 86400, number(int, minimum=1))
+    # PostgreSQL only; libpq waits at least 2 s to connect. 0 means no statement or lock timeout.
+    database_connect_timeout: int = variable("DATABASE_CONNECT_TIMEOUT", 5, number(int, minimum=2))
+    database_statement_timeout: float = variable(
+        "DATABASE_STATEMENT_TIMEOUT", 30.0, number(float, minimum=0.0)
+    )
+    database_lock_timeout: float = variable(
+        "DATABASE_LOCK_TIMEOUT", 10.0, number(float, minimum=0.0)
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -16,6 +16,8 @@ from typing import Any
 from dramatiq.middleware import Middleware
 from dramatiq.middleware.prometheus import Prometheus
 
+from .worker_exposition import serve_metrics
+
 
 class PrometheusPerDelivery(Prometheus):
     """Dramatiq's Prometheus middleware, with a listener's batch counted as its deliveries.
@@ -34,6 +36,11 @@ class PrometheusPerDelivery(Prometheus):
     def __init__(self, listener_actors: Iterable[str]) -> None:
         super().__init__()
         self.listener_actors = frozenset(listener_actors)
+
+    @property
+    def forks(self) -> list[Any]:
+        """The exposition server, on the workers' folder (``worker_exposition``)."""
+        return [serve_metrics]
 
     def _more(self, message: Any) -> tuple[tuple[str, str], int]:
         """The message's labels, and how many deliveries it stands for beyond one."""

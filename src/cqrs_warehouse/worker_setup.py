@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import Any
+
+from .worker_exposition import metrics_folder
 
 
 def worker_broker(*, wrap_publisher: Callable[[Any], Any] | None = None) -> Any:
     """The broker of this worker process, with the drain and every listener
     declared on it, made Dramatiq's global broker (its CLI runs that one)."""
-    own_metrics_folder = _metrics_folder()
+    own_metrics_folder = metrics_folder()
     # Imported only now: Prometheus's multiprocess mode is chosen when
     # prometheus_client is first imported, which these imports do.
     import dramatiq
@@ -61,18 +61,3 @@ def worker_broker(*, wrap_publisher: Callable[[Any], Any] | None = None) -> Any:
     # collector's sight (docs/decisions/0008-gc-freeze.md).
     gc.freeze()
     return broker
-
-
-def _metrics_folder() -> str | None:
-    """Set the workers' Prometheus folder (Dramatiq's ``dramatiq_prom_db``): one
-    per installation (QUEUE_PREFIX), to keep installations' metrics apart;
-    returned if it is this process's own to remove (not the operator's)."""
-    installation = os.environ.get("QUEUE_PREFIX") or "default"
-    own = "dramatiq_prom_db" not in os.environ
-    folder = os.environ.setdefault(
-        "dramatiq_prom_db",  # dramatiq's own (lower-case) name
-        os.path.join(tempfile.gettempdir(), f"cqrs-warehouse-{installation}-metrics"),
-    )
-    os.makedirs(folder, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
-    return folder if own else None

@@ -58,8 +58,27 @@ def test_readyz_answers_503_naming_the_broker_when_it_is_unreachable(runtime_wit
     response = client.simulate_get("/readyz")
     assert_not_ready(response, "broker", "database")
     assert response.json["title"] == "Not ready: broker."
-    assert response.json["description"].startswith("broker: ")
+    assert response.json["description"] == "The broker did not answer."
     assert client.simulate_get("/livez").status_code == 200
+
+
+def test_readyz_names_the_part_without_connection_details_which_go_to_the_log(caplog):
+    port = closed_port()
+    runtime = build(
+        settings_for(f"postgresql://warehouse_user@127.0.0.1:{port}/nowhere"), embedded=True
+    )
+    try:
+        response = falcon.testing.TestClient(create_app(runtime)).simulate_get("/readyz")
+    finally:
+        runtime.database.close()
+    assert response.status_code == 503, response.text
+    assert response.json == {
+        "title": "Not ready: database.",
+        "description": "The database did not answer.",
+    }
+    # The driver's error (host, port, user...) is for the operator, in the log.
+    assert str(port) in caplog.text
+    assert "the database check failed" in caplog.text
 
 
 def test_readyz_without_a_broker_url_checks_the_database_only(client):

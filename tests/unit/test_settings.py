@@ -4,8 +4,11 @@ redaction, and the runtime's refusal to run the API or workers without a broker.
 import dataclasses
 
 import pytest
+import yaml
+from dramatiq.common import dq_name, xq_name
 
-from cqrs_warehouse.messaging.errors import ConfigurationError
+from cqrs_warehouse.messaging.errors import ConfigurationError, RoutingConfigError
+from cqrs_warehouse.messaging.routing import load_routing
 from cqrs_warehouse.runtime import build
 from cqrs_warehouse.settings import DEFAULT_DATABASE_URL, Settings, read_settings, redact_url
 from cqrs_warehouse.warehouse.settings import WarehouseSettings
@@ -34,6 +37,9 @@ def test_defaults_are_a_sqlite_file_no_broker_and_the_repositorys_listeners_yaml
     assert read_settings(WarehouseSettings, {}).low_quantity_threshold == 5
     assert settings.sweep_interval == 2.0
     assert settings.drain_batch_size == 500
+    assert settings.database_connect_timeout == 5
+    assert settings.database_statement_timeout == 30.0
+    assert settings.database_lock_timeout == 10.0
 
 
 def test_from_env_reads_the_process_environment_by_default(monkeypatch):
@@ -68,11 +74,15 @@ def test_from_env_reads_the_process_environment_by_default(monkeypatch):
         ("SCHEMAS_DIR", "/srv/schemas", "schemas_dir", "/srv/schemas"),
         ("QUEUE_PREFIX", "test_", "queue_prefix", "test_"),
         ("QUEUE_PREFIX", "_a.b-c9", "queue_prefix", "_a.b-c9"),
-        ("QUEUE_PREFIX", "p" * 64, "queue_prefix", "p" * 64),
+        ("QUEUE_PREFIX", "p" * 55, "queue_prefix", "p" * 55),
         ("LOW_QUANTITY_THRESHOLD", "0", "low_quantity_threshold", 0),
         ("LOW_QUANTITY_THRESHOLD", "12", "low_quantity_threshold", 12),
         ("OUTBOX_SWEEP_INTERVAL", "0.5", "sweep_interval", 0.5),
         ("OUTBOX_BATCH_SIZE", "10", "drain_batch_size", 10),
+        ("DATABASE_CONNECT_TIMEOUT", "2", "database_connect_timeout", 2),
+        ("DATABASE_STATEMENT_TIMEOUT", "0", "database_statement_timeout", 0.0),
+        ("DATABASE_STATEMENT_TIMEOUT", "2.5", "database_statement_timeout", 2.5),
+        ("DATABASE_LOCK_TIMEOUT", "0", "database_lock_timeout", 0.0),
     ],
 )
 def test_from_env_reads_each_variable(key, raw, attribute, value):
@@ -103,7 +113,7 @@ def test_empty_variable_means_the_default(key, attribute):
 
 @pytest.mark.parametrize(
     "prefix",
-    ["1abc", "has space", "a/b", "a:b", "-a", ".a", "p" * 65, "caf\u00e9", "a\n"],
+    ["1abc", "has space", "a/b", "a:b", "-a", ".a", "caf\u00e9", "a\n"],
     ids=[
         "digit-first",
         "space",
@@ -111,7 +121,6 @@ def test_empty_variable_means_the_default(key, attribute):
         "colon",
         "dash-first",
         "dot-first",
-        "65",
         "non-ascii",
         "newline",
     ],
@@ -148,12 +157,68 @@ def test_refused_broker_url_does_not_leak_its_password():
         ("OUTBOX_SWEEP_INTERVAL", "soon"),
         ("OUTBOX_SWEEP_INTERVAL", "nan"),
         ("OUTBOX_SWEEP_INTERVAL", "inf"),
+        ("DATABASE_CONNECT_TIMEOUT", "1"),  # libpq waits 2 s at least
+        ("DATABASE_CONNECT_TIMEOUT", "2.5"),
+        ("DATABASE_STATEMENT_TIMEOUT", "-1"),
+        ("DATABASE_LOCK_TIMEOUT", "never"),
     ],
 )
 def test_invalid_number_is_refused_naming_the_variable(key, raw):
     settings_class = WarehouseSettings if key == "LOW_QUANTITY_THRESHOLD" else Settings
     with pytest.raises(ConfigurationError, match=key):
         read_settings(settings_class, {key: raw})
+
+
+@pytest.mark.parametrize(
+    ("length", "limits"),
+    [
+        (56, ["AMQP exchange names"]),
+        (57, ["NOTIFY channel names", "AMQP exchange names"]),
+        (153, ["NOTIFY channel names", "AMQP exchange names", "AMQP queue names"]),
+    ],
+)
+def test_a_queue_prefix_too_long_for_a_name_it_prefixes_is_refused_naming_the_limit(length, limits):
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({"QUEUE_PREFIX": "p" * length})
+    message = str(caught.value)
+    assert message.startswith(f"QUEUE_PREFIX is {length} characters, too long: ")
+    for limit in limits:
+        assert limit in message
+    assert message.count("are at most") == len(limits)
+
+
+def test_the_longest_queue_prefix_fits_every_name_it_prefixes(tmp_path):
+    """With the longest prefix accepted and the longest names listeners.yaml
+    accepts, every name fits its limit; one character more in either is refused."""
+    settings = Settings.from_env({"QUEUE_PREFIX": "p" * 55})
+    exchange, listener = "e" * 200, "l" * 100
+    path = tmp_path / "listeners.yaml"
+    entry = {
+        "name": listener,
+        "handler": "tests.slices.recorders.listeners:watch",
+        "bindings": ["#"],
+    }
+    for name_of_exchange, name_of_listener, accepted in [
+        (exchange, listener, True),
+        (exchange + "e", listener, False),
+        (exchange, listener + "l", False),
+    ]:
+        document = {
+            "exchange": {"name": name_of_exchange},
+            "listeners": [{**entry, "name": name_of_listener}],
+        }
+        path.write_text(yaml.safe_dump(document), encoding="utf-8")
+        if accepted:
+            load_routing(path)
+        else:
+            with pytest.raises(RoutingConfigError):
+                load_routing(path)
+    assert len(settings.notify_channel.encode()) <= 63
+    assert len(settings.applied_channel.encode()) <= 63
+    assert len(settings.prefixed(exchange).encode()) <= 255
+    for queue in (settings.prefixed(listener), settings.prefixed("outbox_drain")):
+        assert len(dq_name(queue).encode()) <= 255
+        assert len(xq_name(queue).encode()) <= 255
 
 
 def test_queue_names_and_notify_channel_carry_the_prefix():

@@ -41,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime = build(Settings.from_env(), embedded=True)
         if not getattr(args, "connect", True):
             return int(args.run(args, runtime))
-        with runtime.database.connection_context():
+        # Operator commands may rightly run long (migrate, rebuild, archive
+        # prune): no statement or lock timeout for them; the connect timeout holds.
+        with runtime.database.connection_context(), runtime.database.unbounded():
             return int(args.run(args, runtime))
     except StorageError as error:
         print(f"cqrs-warehouse: database error: {error}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,10 @@ from typing import Any
 import falcon
 import prometheus_client
 from prometheus_client import CollectorRegistry
+
+from ..settings import redact_url
+
+logger = logging.getLogger(__name__)
 
 Check = Callable[[], None]
 
@@ -19,22 +24,27 @@ class Liveness:
 
 
 class Readiness:
-    """200 when every check passes; a check raises when its part is down."""
+    """200 when every check passes; a check raises when its part is down.
+
+    The answer names the failing parts with a fixed text, never the error's
+    (it would show hosts and users); the error goes to the log, redacted.
+    """
 
     def __init__(self, checks: dict[str, Check]) -> None:
         self.checks = checks
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        failing = {}
-        for name, check in self.checks.items():
+        failing = []
+        for name, check in sorted(self.checks.items()):
             try:
                 check()
             except Exception as error:
-                failing[name] = f"{type(error).__name__}: {error}"
+                logger.warning("not ready: the %s check failed: %s", name, redact_url(repr(error)))
+                failing.append(name)
         if failing:
             raise falcon.HTTPServiceUnavailable(
-                title=f"Not ready: {', '.join(sorted(failing))}.",
-                description="; ".join(f"{name}: {why}" for name, why in sorted(failing.items())),
+                title=f"Not ready: {', '.join(failing)}.",
+                description=" ".join(f"The {name} did not answer." for name in failing),
                 retry_after=1,
             )
         resp.media = {"status": "ready", "checks": sorted(self.checks)}

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .database import Database, SqliteDatabase, open_database
+from .database import Database, SqliteDatabase, Timeouts, open_database
 from .models import Model
 from .outbox import OutboxStore, PostgresOutboxStore
 from .positions import Positions, PostgresPositions
 from .signals import PostgresSignals, Signals
 from .statements import Bulk, Statement
 
-__all__ = ["Bulk", "Database", "Model", "Statement", "Storage", "open_storage"]
+__all__ = ["Bulk", "Database", "Model", "Statement", "Storage", "Timeouts", "open_storage"]
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,18 @@ class Storage:
     signals: Signals
 
 
-def open_storage(database_url: str, *, notify_channel: str) -> Storage:
+def open_storage(
+    database_url: str, *, notify_channel: str, timeouts: Timeouts | None = None
+) -> Storage:
     """The storage a ``DATABASE_URL`` names (nothing connects until used).
-    ``notify_channel``: where a commit that appended to the outbox wakes the drain."""
-    database = open_database(database_url)
+    ``notify_channel``: where a commit that appended to the outbox wakes the drain;
+    ``timeouts``: PostgreSQL's, on every connection (LISTEN's too)."""
+    database = open_database(database_url, timeouts)
     if isinstance(database, SqliteDatabase):
         return Storage(database, OutboxStore(), Positions(), Signals())
     return Storage(
         database,
         PostgresOutboxStore(database, notify_channel),
         PostgresPositions(database),
-        PostgresSignals(database_url),
+        PostgresSignals(database_url, timeouts),
     )

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from ..errors import (
     MissingTableError,
     RefusedClaimError,
     StorageError,
+    TransientStorageError,
 )
 from .postgres import DeferredPostgresql, Prepared
 
@@ -36,6 +38,7 @@ from .postgres import DeferredPostgresql, Prepared
 REFUSED_CLAIM = "WQ001"
 _CONFLICTS = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock timeout
 _MISSING = {"42P01", "3F000", "42883"}  # undefined table, schema, function
+_TIMEOUTS = {"57014"}  # statement cancelled (statement_timeout; a lock_timeout is a conflict)
 
 
 class _Translating(peewee.Database):
@@ -89,6 +92,8 @@ class _Translating(peewee.Database):
             return RefusedClaimError(str(error))
         if code in _CONFLICTS:
             return ConflictError(str(error))
+        if code in _TIMEOUTS:
+            return TransientStorageError(str(error))
         if code in _MISSING or "no such table" in str(error):
             return MissingTableError(f"{error} (has `cqrs-warehouse migrate` run?)")
         if "database is locked" in str(error):
@@ -142,16 +147,49 @@ class SqliteDatabase(_Translating, peewee.SqliteDatabase):
         """Nothing to take: a SQLite file has one writer at a time anyway."""
         yield
 
+    @contextmanager
+    def unbounded(self) -> Iterator[None]:
+        """Nothing to lift: SQLite has no statement timeout (its busy_timeout stays)."""
+        yield
+
 
 class _Exclusive(peewee.PostgresqlDatabase):
     @contextmanager
     def exclusively(self, key: int) -> Iterator[None]:
-        """Hold PostgreSQL's advisory lock ``key`` on this connection for the block."""
-        self.execute_sql("SELECT pg_advisory_lock(%s)", (key,))
+        """Hold PostgreSQL's advisory lock ``key`` on this connection for the
+        block, waiting for it as long as it takes (lock_timeout would end the wait)."""
+        with self.unbounded():
+            self.execute_sql("SELECT pg_advisory_lock(%s)", (key,))
         try:
             yield
         finally:
             self.execute_sql("SELECT pg_advisory_unlock(%s)", (key,))
+
+    @contextmanager
+    def unbounded(self) -> Iterator[None]:
+        """No statement or lock timeout on this thread's connection, for work
+        that may rightly take long (migrations, rebuilds, prunes, bulk loads).
+        Inside a transaction until it ends (SET LOCAL), else for the block."""
+        local = self.in_transaction()
+        cursor = self.execute_sql(
+            "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')"
+        )
+        before = cursor.fetchone()
+        self.execute_sql(
+            "SELECT set_config('statement_timeout', '0', %s), set_config('lock_timeout', '0', %s)",
+            (local, local),
+        )
+        try:
+            yield
+        finally:
+            if not local and not self.is_closed():
+                # (A connection that broke meanwhile is gone, and its settings with it.)
+                with suppress(DatabaseUnavailableError):
+                    self.execute_sql(
+                        "SELECT set_config('statement_timeout', %s, false), "
+                        "set_config('lock_timeout', %s, false)",
+                        before,
+                    )
 
 
 class PostgresDatabase(_Translating, _Exclusive, DeferredPostgresql):
@@ -183,8 +221,36 @@ _SCHEMES: dict[str, type] = {
 }
 
 
-def open_database(url: str) -> Database:
-    """The database a ``DATABASE_URL`` names; it connects on first use."""
+@dataclass(frozen=True)
+class Timeouts:
+    """PostgreSQL's limits on every connection: seconds to connect (libpq's
+    ``connect_timeout``), to run a statement and to wait for a lock (0: none)."""
+
+    connect: int = 0
+    statement: float = 0.0
+    lock: float = 0.0
+
+    def connect_params(self, url_params: dict[str, Any]) -> dict[str, Any]:
+        """psycopg2's arguments; what the URL's query sets itself wins."""
+        options = (
+            f"-c statement_timeout={_milliseconds(self.statement)} "
+            f"-c lock_timeout={_milliseconds(self.lock)}"
+        )
+        if url_params.get("options"):
+            options += f" {url_params['options']}"  # later -c settings win
+        params = {"options": options}
+        if self.connect:
+            params["connect_timeout"] = url_params.get("connect_timeout", self.connect)
+        return params
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000)) if seconds else 0
+
+
+def open_database(url: str, timeouts: Timeouts | None = None) -> Database:
+    """The database a ``DATABASE_URL`` names; it connects on first use.
+    ``timeouts`` apply to PostgreSQL (default: none)."""
     scheme = url.partition("://")[0]
     cls = _SCHEMES.get(scheme)
     if cls is None:
@@ -210,4 +276,6 @@ def open_database(url: str) -> Database:
         path = options.get("database") or ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+    elif timeouts is not None:
+        options.update(timeouts.connect_params(options))
     return cls(**options)

@@ -14,8 +14,10 @@ import select
 from typing import Any
 
 from playhouse.db_url import connect as connect_url
+from playhouse.db_url import parse as parse_url
 
 from ..errors import DatabaseUnavailableError
+from .database import Timeouts
 
 
 class Subscription:
@@ -46,11 +48,12 @@ class Signals:
 
 
 class PostgresSignals(Signals):
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, timeouts: Timeouts | None = None) -> None:
         self.database_url = database_url
+        self.timeouts = timeouts
 
     def subscribe(self, channel: str) -> Subscription:
-        return _PostgresSubscription(self.database_url, channel)
+        return _PostgresSubscription(self.database_url, channel, self.timeouts)
 
     def notify(self, database: Any, channel: str, payload: str) -> None:
         # Sent with the COMMIT, like the notification itself.
@@ -58,10 +61,14 @@ class PostgresSignals(Signals):
 
 
 class _PostgresSubscription(Subscription):
-    def __init__(self, database_url: str, channel: str) -> None:
+    def __init__(self, database_url: str, channel: str, timeouts: Timeouts | None) -> None:
         # Outside peewee's per-thread connection: LISTEN needs autocommit and
-        # lives as long as the subscription.
-        self._database = connect_url(database_url)
+        # lives as long as the subscription. Its statements (LISTEN, a lock it
+        # only tries) are quick: the timeouts hold for it too.
+        params = parse_url(database_url)
+        self._database = connect_url(
+            database_url, **(timeouts.connect_params(params) if timeouts else {})
+        )
         try:
             self._connection = self._database.connection()
             self._connection.autocommit = True
