@@ -26,6 +26,7 @@ from .messaging.dead_letters import DeadLetter
 from .messaging.errors import ConfigurationError
 from .messaging.inprocess import Delivery
 from .messaging.outbox import Outbox
+from .messaging.rabbitmq.routes import DeclaredBinding, DeclaredQueue
 from .messaging.schemas import SchemaRegistry
 from .messaging.storage import Database
 from .messaging.storage.models import (
@@ -115,6 +116,8 @@ CORE = Slice(
                 DeadLetter,
                 ArchivedMessage,
                 Delivery,
+                DeclaredQueue,
+                DeclaredBinding,
             ),
         ),
     ),
