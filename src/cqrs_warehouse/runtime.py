@@ -9,6 +9,7 @@ connections are made on first use. What the API or the CLI may not need
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any
@@ -19,7 +20,7 @@ from dramatiq.middleware import CurrentMessage
 from .messaging.consistency import Consistency
 from .messaging.dead_letters import DeadLetters
 from .messaging.drain import Drain, Publisher
-from .messaging.errors import ConfigurationError, MessagingError
+from .messaging.errors import ConfigurationError, MessagingError, RoutingConfigError
 from .messaging.handler import FunctionHandler, Handler
 from .messaging.inprocess import InProcessTransport
 from .messaging.listening import Engine
@@ -28,16 +29,21 @@ from .messaging.listening.actors import (
     declare_drain_actor,
     declare_listener_actor,
 )
+from .messaging.message import routing_key_for
 from .messaging.metrics import Metrics
 from .messaging.outbox import Outbox
 from .messaging.rabbitmq import RabbitmqTransport
+from .messaging.rabbitmq.routes import Routes
 from .messaging.routing import RoutingConfig, load_routing
+from .messaging.routing_lint import Finding, check
 from .messaging.schemas import SchemaRegistry
 from .messaging.storage import Storage, Timeouts, open_storage
 from .messaging.transport import Transport
 from .messaging.waking import DrainWaker
 from .settings import Settings, read_settings
 from .slices import CORE, Slice, SliceContext, load_slices, owner
+
+logger = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -109,6 +115,27 @@ class Runtime:
                     ) from error
         return routing
 
+    def check_routing(self) -> list[Finding]:
+        """listeners.yaml against the known event types (``routing_lint.check``):
+        raises RoutingConfigError on what cannot work, logs and returns the
+        warnings. The workers call it before they start."""
+        routing = self.routing
+        keys = [routing_key_for(t, v) for t, v in self.registry.available()]
+        findings = check(routing, keys)
+        errors = [f"{routing.source}: {f.where}: {f.problem}" for f in findings if f.error]
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise RoutingConfigError(errors[0] + more)
+        for finding in findings:
+            logger.warning("%s: %s: %s", routing.source, finding.where, finding.problem)
+        return findings
+
+    @property
+    def routes(self) -> Routes | None:
+        """What the service declared on RabbitMQ (None on the in-process broker)."""
+        transport = self.transport
+        return transport.routes if isinstance(transport, RabbitmqTransport) else None
+
     def _handler(self, named: Any) -> Handler:
         if not (isinstance(named, type) and issubclass(named, Handler)):
             return FunctionHandler(named)
@@ -151,6 +178,10 @@ class Runtime:
             bindings={settings.prefixed(s.name): s.bindings for s in self.routing.listeners},
             listener_queues=[settings.prefixed(s.name) for s in self.routing.listeners],
             listener_batch_size=settings.listener_batch_size,
+            database=self.database,
+            prefix=settings.queue_prefix,
+            owners={queue: name for name, queue in self.listener_queues().items()},
+            source=self.routing.source,
         )
 
     @property

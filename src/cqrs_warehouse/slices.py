@@ -26,6 +26,7 @@ from .messaging.dead_letters import DeadLetter
 from .messaging.errors import ConfigurationError
 from .messaging.inprocess import Delivery
 from .messaging.outbox import Outbox
+from .messaging.rabbitmq.routes import DeclaredBinding, DeclaredQueue
 from .messaging.schemas import SchemaRegistry
 from .messaging.storage import Database
 from .messaging.storage.models import (
@@ -117,6 +118,8 @@ CORE = Slice(
                 ArchivedMessage,
                 Delivery,
                 IdempotencyKey,
+                DeclaredQueue,
+                DeclaredBinding,
             ),
         ),
     ),

@@ -44,6 +44,7 @@ def worker_broker(*, wrap_publisher: Callable[[Any], Any] | None = None) -> Any:
     write_in_background()
     try:
         runtime = build(wrap_publisher=wrap_publisher)
+        runtime.check_routing()  # what cannot work stops the workers
         broker = runtime.broker
     except MessagingError as error:
         # One clear line instead of an import traceback from dramatiq.

@@ -113,6 +113,9 @@ def test_routes_lint_lists_unreceived_events_and_bindings_matching_nothing(tmp_p
     assert finished.stdout.splitlines() == [
         "event received by no listener: Inventory.Events.StockCounted.v1",
         f"binding matching no event in {schemas}: billing: 'Billing.Events.#'",
+        f"error (the workers refuse to start): {config}: listeners[2] (billing): its bindings "
+        "['Billing.Events.#'] match no known event type, so it would never receive anything "
+        "(is a schema folder missing?)",
     ]
 
 

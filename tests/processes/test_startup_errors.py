@@ -50,17 +50,34 @@ def unimportable_handler(path: Path) -> tuple[Path, str]:
     return write_listeners_config(path, listeners), "cannot be imported"
 
 
+def bindings_matching_no_event(path: Path) -> tuple[Path, str]:
+    listeners = project_listeners()
+    listeners[1]["bindings"] = ["Warehouse.Event.#", "Billing.*.v1"]  # typo, another domain
+    return write_listeners_config(path, listeners), "match no known event type"
+
+
+MALFORMED = [
+    pytest.param(duplicate_name, id="duplicate listener name"),
+    pytest.param(unimportable_handler, id="handler that cannot be imported"),
+]
+
+
 @pytest.mark.parametrize("command", COMMANDS)
-@pytest.mark.parametrize(
-    "malformed",
-    [
-        pytest.param(duplicate_name, id="duplicate listener name"),
-        pytest.param(unimportable_handler, id="handler that cannot be imported"),
-    ],
-)
+@pytest.mark.parametrize("malformed", MALFORMED)
 def test_a_malformed_listeners_yaml_stops_start_up_with_an_error_naming_the_file_and_entry(
     tmp_path: Path, command: str, malformed
 ) -> None:
+    check_start_up_refused(tmp_path, command, malformed)
+
+
+@pytest.mark.parametrize("command", ["dramatiq", "cqrs-warehouse serve"])
+def test_a_listener_whose_bindings_match_no_known_event_stops_the_workers(
+    tmp_path: Path, command: str
+) -> None:
+    check_start_up_refused(tmp_path, command, bindings_matching_no_event)
+
+
+def check_start_up_refused(tmp_path: Path, command: str, malformed) -> None:
     config, problem = malformed(tmp_path / "listeners.yaml")
     env = service_env(
         DATABASE_URL=f"sqlite:///{tmp_path / 'service.db'}",

@@ -1,4 +1,4 @@
-"""`cqrs-warehouse rebuild` and `archive prune`: the event archive and what it is for."""
+"""`cqrs-warehouse rebuild`, `backfill` and `archive prune`: the archive and its uses."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import argparse
 import datetime
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from tqdm import tqdm
 
 from ..messaging.archive import Archive, prune
-from ..messaging.listening.rebuild import rebuild
+from ..messaging.listening.rebuild import RebuildReport, backfill, rebuild
 from ..runtime import Runtime
 
 
@@ -42,6 +43,23 @@ def add_commands(commands: Any) -> None:
         help="how long to wait for the archive to receive what LISTENER had (default 60)",
     )
     rebuilding.set_defaults(run=run_rebuild)
+    backfilling = commands.add_parser(
+        "backfill",
+        help="apply the archive's history to a listener added later",
+        description="Apply to LISTENER every archived event its bindings match, in each "
+        "stream's order, without emptying it, then let it go on with the live flow: for a "
+        "listener added after events were written. Binds its queue first (`routes apply`). "
+        "Refuses, changing nothing, when the archive was pruned of what LISTENER reads.",
+    )
+    backfilling.add_argument("listener", metavar="LISTENER")
+    backfilling.add_argument(
+        "--catch-up-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the archive to receive what was written (default 60)",
+    )
+    backfilling.set_defaults(run=run_backfill)
     archive = commands.add_parser("archive", help="manage the event archive").add_subparsers(
         dest="archive_command", required=True, metavar="COMMAND"
     )
@@ -56,6 +74,18 @@ def add_commands(commands: Any) -> None:
 
 
 def run_rebuild(args: argparse.Namespace, runtime: Runtime) -> int:
+    return _replaying(args, runtime, "rebuilt", rebuild)
+
+
+def run_backfill(args: argparse.Namespace, runtime: Runtime) -> int:
+    if runtime.routes is not None:
+        runtime.routes.apply()  # its queue receives the live flow before the replay begins
+    return _replaying(args, runtime, "backfilled", backfill)
+
+
+def _replaying(
+    args: argparse.Namespace, runtime: Runtime, done: str, replay: Callable[..., RebuildReport]
+) -> int:
     routing = runtime.routing
     try:
         spec = routing.listener(args.listener)
@@ -72,12 +102,12 @@ def run_rebuild(args: argparse.Namespace, runtime: Runtime) -> int:
         return 2
     bar = tqdm(unit="msg", disable=not sys.stderr.isatty())
 
-    def progress(done: int, total: int) -> None:
+    def progress(count: int, total: int) -> None:
         bar.total = total
-        bar.n = done
+        bar.n = count
         bar.refresh()
 
-    report = rebuild(
+    report = replay(
         runtime.engine,
         spec,
         archives[0],
@@ -86,7 +116,7 @@ def run_rebuild(args: argparse.Namespace, runtime: Runtime) -> int:
     )
     bar.close()
     print(
-        f"rebuilt {spec.name}: {report.replayed} archived messages replayed, "
+        f"{done} {spec.name}: {report.replayed} archived messages replayed, "
         f"{report.applied} applied, {report.skipped} skipped, {report.failed} dead-lettered"
     )
     return 1 if report.failed else 0

@@ -45,7 +45,7 @@ def add_commands(commands: Any) -> None:
 def run(args: argparse.Namespace, runtime: Runtime) -> int:
     # Refuse a bad listeners.yaml before starting anything, and migrate; the
     # process gunicorn forks builds its own runtime.
-    runtime.routing  # noqa: B018
+    runtime.check_routing()
     waiting = runtime.settings.consistency_max_waiting
     if waiting >= args.threads:
         print(

@@ -156,25 +156,6 @@ class RoutingConfig:
         return [spec for spec in self.listeners if isinstance(spec.handler, handler_class)]
 
 
-def explain(routing: RoutingConfig, routing_key: str) -> list[tuple[str, str | None]]:
-    """(listener, the first binding that matches ``routing_key`` or None) for every listener."""
-    return [(spec.name, spec.matching_binding(routing_key)) for spec in routing.listeners]
-
-
-def lint(
-    routing: RoutingConfig, routing_keys: list[str]
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """Routing keys no listener receives, and (listener, binding) pairs matching no key."""
-    unreceived = [key for key in routing_keys if not routing.listeners_for(key)]
-    unused = [
-        (spec.name, binding)
-        for spec in routing.listeners
-        for binding in spec.bindings
-        if not any(topic_matches(binding, key) for key in routing_keys)
-    ]
-    return unreceived, unused
-
-
 #: Builds a listener's Handler from what its entry's ``handler`` path names.
 HandlerFactory = Callable[[Any], Handler]
 

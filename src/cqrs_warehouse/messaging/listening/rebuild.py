@@ -1,6 +1,7 @@
-"""Rebuilding a listener: empty its state and replay the archive to it, under live traffic.
+"""Rebuilding a listener: empty its state and replay the archive to it, under
+live traffic; backfilling one: the same replay, without emptying it.
 
-Used by ``cqrs-warehouse rebuild``. Before it touches anything, it refuses
+Used by ``cqrs-warehouse rebuild`` and ``backfill``. Before it touches anything, it refuses
 when the archive cannot rebuild the listener: when the archive no longer
 holds what it once received of the listener's streams and messages (it was
 pruned), or when it has not received, within the catch-up timeout, what
@@ -107,6 +108,88 @@ def rebuild(
                 "rebuild again once the archive listener runs"
             )
         time.sleep(0.2)  # the archive listener is still receiving what the listener had
+
+
+def backfill(
+    engine: Engine,
+    spec: ListenerSpec,
+    archive: ListenerSpec,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    catch_up_timeout: float = 60.0,
+    batch_size: int = 500,
+) -> RebuildReport:
+    """Apply to ``spec`` every archived message its bindings match, in each
+    stream's order, without emptying it: for a listener added after its
+    streams began. Call it once the listener's queue is bound.
+
+    A new listener holds the live messages of a stream it has not applied
+    from the start (their predecessors are not applied); the replay applies
+    those predecessors, which releases them, and whatever the replay and the
+    live flow both bring is a duplicate. The replay goes up to what the
+    commands had written when it began (the stream heads), which the archive
+    must have received first; what is written later reaches the bound queue.
+    Raises RebuildError, changing nothing, if the archive does not receive
+    what ``spec`` does, was pruned of it, or does not catch up in time.
+    """
+    if spec.name == archive.name:
+        raise RebuildError("the archive itself cannot be backfilled")
+    keys = [k for k in StreamHead.select(StreamHead.routing_key).distinct().scalars()]
+    missed = sorted(k for k in keys if spec.accepts(k) and not archive.accepts(k))
+    if missed:
+        raise RebuildError(
+            f"the archive ({archive.name}) does not receive {', '.join(missed)}, which "
+            f"{spec.name} reads. Nothing was changed."
+        )
+    pruned = pruned_from_archive(spec, archive)
+    if pruned:
+        raise RebuildError(
+            f"the archive ({archive.name}) no longer holds what it received of {pruned}, "
+            f"which {spec.name} reads: it was pruned, and the backfill would miss it. "
+            "Nothing was changed."
+        )
+    heads = _heads(spec, keys)
+    deadline = time.monotonic() + catch_up_timeout
+    while behind := _behind(engine, heads, archive.name):
+        if time.monotonic() > deadline:
+            raise RebuildError(
+                f"the archive ({archive.name}) has not received what was written of "
+                f"{len(behind)} streams {spec.name} reads ({', '.join(map(repr, behind[:3]))}"
+                f"...) within {catch_up_timeout:g} s: is the archive listener running? Was it "
+                "added after those streams began? Nothing was changed."
+            )
+        time.sleep(0.2)  # the archive listener is still receiving what was written
+    last = ArchivedMessage.select(peewee.fn.MAX(ArchivedMessage.id)).scalar() or 0
+    total = ArchivedMessage.select().where(ArchivedMessage.id <= last).count()
+    report, last_id = RebuildReport(), 0
+    while rows := [row for row in _rows_after(last_id, batch_size) if row.id <= last]:
+        last_id = rows[-1].id
+        _replay(engine, spec, rows, report)
+        if progress is not None:
+            progress(report.replayed, max(total, report.replayed))
+    return report
+
+
+def _heads(spec: ListenerSpec, keys: list[str]) -> dict[str, int]:
+    """The last position written in each stream, of the routing keys ``spec`` receives."""
+    accepted = [key for key in keys if spec.accepts(key)]
+    query = (
+        StreamHead.select(StreamHead.stream, peewee.fn.MAX(StreamHead.position))
+        .where(StreamHead.routing_key.in_(accepted))
+        .group_by(StreamHead.stream)
+    )
+    return {stream: int(position) for stream, position in query.tuples().iterator()}
+
+
+def _behind(engine: Engine, heads: dict[str, int], archive_listener: str) -> list[str]:
+    """The streams whose ``heads`` the archive has not applied yet."""
+    streams = list(heads)
+    behind = []
+    for start in range(0, len(streams), 500):
+        chunk = streams[start : start + 500]
+        archived = engine.positions.positions_of(archive_listener, chunk)
+        behind += [stream for stream in chunk if archived.get(stream, 0) < heads[stream]]
+    return behind
 
 
 def pruned_from_archive(spec: ListenerSpec, archive: ListenerSpec, sample: int = 3) -> str:

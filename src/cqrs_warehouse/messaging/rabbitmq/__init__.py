@@ -5,6 +5,7 @@ and each listener's consumer applies what arrives.
 - ``wire``: a message as AMQP body and properties;
 - ``publisher``: confirmed publishing of the drain's batches;
 - ``topology``: the exchange, queues and bindings; readiness and depths;
+- ``routes``: the broker follows listeners.yaml (applied at each worker boot);
 - ``broker`` and ``consumer``: Dramatiq's broker, with the listeners' consumer.
 """
 
@@ -21,6 +22,7 @@ from ..listening.actors import send_envelope
 from ..routing import actor_name
 from .broker import ListenerRoutingBroker
 from .publisher import RabbitmqPublisher
+from .routes import ApplyRoutesAtBoot, Routes
 from .topology import Topology, ping, queue_depths
 
 
@@ -33,9 +35,14 @@ class RabbitmqTransport:
         bindings: Mapping[str, tuple[str, ...]],
         listener_queues: Sequence[str],
         listener_batch_size: int,
+        database: Any,
+        prefix: str,
+        owners: Mapping[str, str],
+        source: str,
     ) -> None:
         """``bindings``: each listener queue's topic patterns; ``listener_queues``:
-        those queues in listeners.yaml's order."""
+        those queues in listeners.yaml's order; ``owners``: queue -> listener;
+        ``database`` keeps the record of what was declared (``routes``)."""
         self.broker: dramatiq.Broker
         self.broker = broker = ListenerRoutingBroker(
             url=url,
@@ -49,7 +56,10 @@ class RabbitmqTransport:
         self.parameters = broker.parameters
         self.topology = Topology(broker, exchange, bindings)
         self.publisher: Publisher = RabbitmqPublisher(self.parameters, self.topology)
-        self.middleware: list[Middleware] = []
+        self.routes = Routes(
+            database, self.topology, self.parameters, prefix=prefix, owners=owners, source=source
+        )
+        self.middleware: list[Middleware] = [ApplyRoutesAtBoot(self.routes)]
 
     def send(self, listener: str, envelope: dict[str, Any]) -> None:
         """Hand ``envelope`` to one listener again (a held message resent)."""

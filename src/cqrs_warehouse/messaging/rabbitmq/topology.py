@@ -4,7 +4,7 @@ the listener queues and their bindings; readiness and queue depths."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,25 +47,40 @@ def ping(parameters: Any) -> None:
 
 
 def queue_depths(parameters: Any, queues: Mapping[str, str]) -> dict[str, int]:
-    """Messages ready in each queue plus its delay queue: {label: count}.
+    """Messages ready in each queue plus its delay queue: {label: count}
+    (0 for a queue that does not exist yet)."""
+    stats = queue_stats(parameters, list(queues.values()))
+    return {label: (stats[queue] or (0, 0))[0] for label, queue in queues.items()}
 
-    Declares passively, so a queue that does not exist yet counts 0 and is
-    not created.
+
+def queue_stats(
+    parameters: Any, queues: Sequence[str], *, delayed: bool = True
+) -> dict[str, tuple[int, int] | None]:
+    """(messages ready, consumers) of each queue, None for one that does not
+    exist; ``delayed``: its delay queue's messages counted with it.
+
+    Declares passively, so a queue that does not exist is not created.
     """
     connection = _short_lived(parameters)
     try:
-        depths = {}
-        for label, queue in queues.items():
-            total = 0
-            for name in (queue, dq_name(queue)):
-                channel = connection.channel()
-                try:
-                    total += channel.queue_declare(queue=name, passive=True).method.message_count
-                except pika.exceptions.ChannelClosedByBroker:
-                    continue  # not declared yet: nothing waits there
-                if channel.is_open:
-                    channel.close()
-            depths[label] = total
-        return depths
+        stats: dict[str, tuple[int, int] | None] = {}
+        for queue in queues:
+            main = _passive(connection, queue)
+            if main is not None and delayed:
+                later = _passive(connection, dq_name(queue))
+                main = (main[0] + (later[0] if later else 0), main[1])
+            stats[queue] = main
+        return stats
     finally:
         connection.close()
+
+
+def _passive(connection: Any, queue: str) -> tuple[int, int] | None:
+    channel = connection.channel()
+    try:
+        method = channel.queue_declare(queue=queue, passive=True).method
+    except pika.exceptions.ChannelClosedByBroker:
+        return None  # not declared: nothing waits there
+    if channel.is_open:
+        channel.close()
+    return int(method.message_count), int(method.consumer_count)
