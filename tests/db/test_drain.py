@@ -35,7 +35,7 @@ class Rig:
         routing = RoutingConfig(
             source="test", exchange=Exchange(name="messaging"), listeners=tuple(specs)
         )
-        self.transport = InProcessTransport(routing)
+        self.transport = InProcessTransport(routing, runtime.message_keys)
         self.broker = broker = self.transport.broker
         broker.add_middleware(DatabaseConnections(runtime.database))
         broker.add_middleware(CurrentMessage())
@@ -294,6 +294,7 @@ def test_delivery_that_fails_its_schema_is_dead_lettered_and_never_handed_over(r
         "stream": None,
         "position": None,
     }
+    envelope = runtime.message_keys.signed(envelope)  # as the drain would have
     send_envelope(rig.broker, rig.actors["everything"].actor_name, envelope)
     rig.process()
     assert received == {}

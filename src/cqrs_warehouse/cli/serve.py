@@ -42,9 +42,11 @@ def add_commands(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, runtime: Runtime) -> int:
-    # Refuse a bad listeners.yaml before starting anything, and migrate; the
+    # Refuse a bad listeners.yaml, or RabbitMQ without MESSAGE_KEY, before
+    # starting anything, and migrate; the
     # process gunicorn forks builds its own runtime.
     runtime.routing  # noqa: B018
+    runtime.require_message_key()
     with runtime.database.connection_context():
         migrations.migrate(runtime.database, runtime.slices)
     settings = runtime.settings

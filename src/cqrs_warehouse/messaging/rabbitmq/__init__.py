@@ -14,12 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import Middleware, Retries, TimeLimit
+from dramatiq.middleware import Middleware, TimeLimit
 
 from ..drain import Publisher
 from ..listening.actors import send_envelope
 from ..routing import actor_name
-from .broker import ListenerRoutingBroker
+from ..signing import MessageKeys
+from .broker import ListenerRoutingBroker, RequeueUnlessRetried
 from .publisher import RabbitmqPublisher
 from .topology import Topology, ping, queue_depths
 
@@ -33,9 +34,11 @@ class RabbitmqTransport:
         bindings: Mapping[str, tuple[str, ...]],
         listener_queues: Sequence[str],
         listener_batch_size: int,
+        keys: MessageKeys,
     ) -> None:
         """``bindings``: each listener queue's topic patterns; ``listener_queues``:
-        those queues in listeners.yaml's order."""
+        those queues in listeners.yaml's order; ``keys`` sign what it publishes
+        and sends."""
         self.broker: dramatiq.Broker
         self.broker = broker = ListenerRoutingBroker(
             url=url,
@@ -44,16 +47,17 @@ class RabbitmqTransport:
             listener_queues=list(listener_queues),
             # Of Dramatiq's default middleware, the two the actors use: the
             # others serve options no actor here sets, and each runs on every message.
-            middleware=[TimeLimit(), Retries()],
+            middleware=[TimeLimit(), RequeueUnlessRetried()],
         )
         self.parameters = broker.parameters
         self.topology = Topology(broker, exchange, bindings)
-        self.publisher: Publisher = RabbitmqPublisher(self.parameters, self.topology)
+        self.keys = keys
+        self.publisher: Publisher = RabbitmqPublisher(self.parameters, self.topology, keys)
         self.middleware: list[Middleware] = []
 
     def send(self, listener: str, envelope: dict[str, Any]) -> None:
-        """Hand ``envelope`` to one listener again (a held message resent)."""
-        send_envelope(self.broker, actor_name(listener), envelope)
+        """Hand ``envelope`` to one listener again, signed (a held message resent)."""
+        send_envelope(self.broker, actor_name(listener), self.keys.signed(envelope))
 
     def check(self) -> None:
         """Raise unless RabbitMQ accepts a connection now."""
