@@ -37,6 +37,7 @@ from .messaging.rabbitmq.routes import Routes
 from .messaging.routing import RoutingConfig, load_routing
 from .messaging.routing_lint import Finding, check
 from .messaging.schemas import SchemaRegistry
+from .messaging.signing import MessageKeys
 from .messaging.storage import Storage, Timeouts, open_storage
 from .messaging.transport import Transport
 from .messaging.waking import DrainWaker
@@ -155,6 +156,24 @@ class Runtime:
         )
 
     @cached_property
+    def message_keys(self) -> MessageKeys:
+        """MESSAGE_KEY's keys, else a random key of this runtime: enough where
+        the drain and the listeners are in one process (the in-process
+        broker); on RabbitMQ, ``broker`` refuses to run without MESSAGE_KEY."""
+        return self.settings.message_keys or MessageKeys.random()
+
+    def require_message_key(self) -> None:
+        """Raise ConfigurationError if this process would publish or consume
+        listener messages on RabbitMQ without MESSAGE_KEY: no other process
+        could verify what it signs, nor it what they sign."""
+        if self.settings.broker_url is not None and self.settings.message_keys is None:
+            raise ConfigurationError(
+                "MESSAGE_KEY is not set: with BROKER_URL, the workers (and `serve`) sign the "
+                "messages they publish and apply only messages signed with it; set it to the "
+                "same secret of at least 32 characters in each of them"
+            )
+
+    @cached_property
     def engine(self) -> Engine:
         return Engine(
             outbox=self.outbox,
@@ -163,6 +182,7 @@ class Runtime:
             dead_letters=self.dead_letters,
             metrics=self.metrics,
             consistency=self.consistency,
+            keys=self.message_keys,
         )
 
     # --- the broker and the actors ------------------------------------------
@@ -171,7 +191,7 @@ class Runtime:
     def transport(self) -> Transport:
         settings = self.settings
         if settings.broker_url is None:  # (``build`` allows it only when embedded)
-            return InProcessTransport(self.routing)
+            return InProcessTransport(self.routing, self.message_keys)
         return RabbitmqTransport(
             settings.broker_url,
             exchange=settings.prefixed(self.routing.exchange.name),
@@ -182,11 +202,14 @@ class Runtime:
             prefix=settings.queue_prefix,
             owners={queue: name for name, queue in self.listener_queues().items()},
             source=self.routing.source,
+            keys=self.message_keys,
         )
 
     @property
     def broker(self) -> dramatiq.Broker:
-        """The broker, with every actor declared on it."""
+        """The broker, with every actor declared on it, to run them (the
+        workers, ``serve``): refused on RabbitMQ without MESSAGE_KEY."""
+        self.require_message_key()
         return self.actors.broker
 
     @cached_property

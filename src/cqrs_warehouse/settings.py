@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from .messaging.errors import ConfigurationError
+from .messaging.signing import MessageKeys
 
 DEFAULT_DATABASE_URL = "sqlite:///cqrs-warehouse.db"
 #: The slices an installation runs when SLICES is not set.
@@ -161,6 +162,8 @@ class Settings:
     database_lock_timeout: float = variable(
         "DATABASE_LOCK_TIMEOUT", 10.0, number(float, minimum=0.0)
     )
+    #: The keys that sign and verify listener messages (its repr shows none).
+    message_keys: MessageKeys | None = variable("MESSAGE_KEY", None, MessageKeys.parse)  # noqa: RUF009 (frozen)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

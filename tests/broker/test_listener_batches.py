@@ -104,7 +104,7 @@ def test_the_consumer_thread_applies_its_deliveries_itself_and_dramatiq_messages
     # The first event again, as a Dramatiq message (how a retry or a resend
     # of a held message arrives): the listener recognises it as a duplicate.
     first = OutboxRecord.get(OutboxRecord.message_id == ids[0])
-    resend = envelope_from_record(first)
+    resend = runtime.message_keys.signed(envelope_from_record(first))
     assert runtime.actors.drain.run() == len(ids)
 
     actor = runtime.actors.listeners["everything"]

@@ -90,8 +90,13 @@ class Retries:
 
 
 def envelopes(engine: Engine, *messages: Message) -> list[Envelope]:
-    """The envelopes of ``messages`` as the drain publishes them."""
-    return [envelope_of(message, engine.registry) for message in messages]
+    """The envelopes of ``messages`` as the drain publishes them (signed)."""
+    return [delivered(engine, message) for message in messages]
+
+
+def delivered(engine: Engine, message: Message, **changes: Any) -> Envelope:
+    """The envelope of ``message`` with ``changes``, signed as the drain signs."""
+    return engine.keys.signed({**envelope_of(message, engine.registry), **changes})
 
 
 def apply(engine: Engine, spec: ListenerSpec, *messages: Message, **options: Any) -> list[Outcome]:

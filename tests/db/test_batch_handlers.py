@@ -28,6 +28,7 @@ from cqrs_warehouse.warehouse.views import products
 from tests.db.listening import (
     Retries,
     apply,
+    delivered,
     effect_on,
     envelopes,
     event,
@@ -125,9 +126,10 @@ def test_a_listener_without_a_batch_handler_gets_each_message_under_its_correlat
         seen.append((message.position, context.correlation_id.get()))
 
     spec = listener("plain", handle)
-    batch = envelopes(engine, *increases(sku, 1, 2))
-    for number, envelope in enumerate(batch):
-        envelope["correlation_id"] = f"request-{number}"
+    batch = [
+        delivered(engine, message, correlation_id=f"request-{number}")
+        for number, message in enumerate(increases(sku, 1, 2))
+    ]
 
     engine.apply(spec, batch, attempt=1, retry_later=Retries())
 
@@ -192,10 +194,10 @@ def changes(sku: str) -> list[Message]:
 
 
 def with_correlation_ids(engine, messages: list[Message], prefix: str) -> list[dict]:
-    batch = envelopes(engine, *messages)
-    for message, envelope in zip(messages, batch, strict=True):
-        envelope["correlation_id"] = f"{prefix}-{message.position}"
-    return batch
+    return [
+        delivered(engine, message, correlation_id=f"{prefix}-{message.position}")
+        for message in messages
+    ]
 
 
 def notifications(registry, sku: str) -> list[str | None]:

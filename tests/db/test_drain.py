@@ -6,6 +6,7 @@ published."""
 from __future__ import annotations
 
 import base64
+import json
 from collections import defaultdict
 
 import dramatiq
@@ -21,6 +22,7 @@ from cqrs_warehouse.messaging.listening.actors import (
     send_envelope,
 )
 from cqrs_warehouse.messaging.routing import Exchange, RoutingConfig
+from cqrs_warehouse.messaging.signing import SIGNATURE, MessageKeys
 from tests.db.listening import listener
 from tests.slices.recorders.listeners import watch, watched_messages
 from tests.support.services import unique_name
@@ -35,7 +37,7 @@ class Rig:
         routing = RoutingConfig(
             source="test", exchange=Exchange(name="messaging"), listeners=tuple(specs)
         )
-        self.transport = InProcessTransport(routing)
+        self.transport = InProcessTransport(routing, runtime.message_keys)
         self.broker = broker = self.transport.broker
         broker.add_middleware(DatabaseConnections(runtime.database))
         broker.add_middleware(CurrentMessage())
@@ -294,6 +296,7 @@ def test_delivery_that_fails_its_schema_is_dead_lettered_and_never_handed_over(r
         "stream": None,
         "position": None,
     }
+    envelope = runtime.message_keys.signed(envelope)  # as the drain would have
     send_envelope(rig.broker, rig.actors["everything"].actor_name, envelope)
     rig.process()
     assert received == {}
@@ -337,3 +340,22 @@ def test_handler_that_fails_once_is_applied_on_its_retry(rigs, commands, runtime
     assert calls == [message.id, message.id]
     assert applied == [message]
     assert runtime.dead_letters.list("flaky") == []
+
+
+def test_a_delivery_left_by_a_run_with_another_key_is_handed_over_signed_and_applied(
+    rigs, commands, runtime, sku
+):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received)])
+    sent = commands.increase_product_quantity(sku, 5)
+    last_run = InProcessTransport(rig.transport.routing, MessageKeys.random())
+    with runtime.database.atomic():  # drained, then the process died before handing over
+        last_run.publisher.publish(runtime.storage.outbox.take(10))
+    [record] = Delivery.select()
+    assert SIGNATURE not in json.loads(record.envelope)  # recorded unsigned
+
+    assert rig.transport.start() == 1  # this run, whose key is another
+    rig.process()
+
+    assert [m.id for m in received["everything"]] == [sent.id]
+    assert runtime.dead_letters.list() == [] and list(Delivery.select()) == []

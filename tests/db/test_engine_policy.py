@@ -10,7 +10,6 @@ from __future__ import annotations
 import prometheus_client
 import pytest
 
-from cqrs_warehouse.messaging.envelope import envelope_of
 from cqrs_warehouse.messaging.errors import ConflictError, DatabaseUnavailableError, StorageError
 from cqrs_warehouse.messaging.listening import Outcome
 from cqrs_warehouse.messaging.listening.rebuild import rebuild
@@ -18,7 +17,15 @@ from cqrs_warehouse.messaging.message import Message
 from cqrs_warehouse.messaging.storage.models import OutboxRecord, qualified_name
 from cqrs_warehouse.messaging.testing import feed
 from cqrs_warehouse.warehouse.events import PRODUCT_QUANTITY_INCREASED
-from tests.db.listening import Retries, apply, event, listener, recorder, warehouse_handler
+from tests.db.listening import (
+    Retries,
+    apply,
+    delivered,
+    event,
+    listener,
+    recorder,
+    warehouse_handler,
+)
 from tests.support.prometheus import metric
 
 
@@ -84,7 +91,7 @@ def test_feed_raises_a_handlers_error_as_a_first_attempt_counted_as_retried(runt
 
 def test_the_last_attempt_of_a_failing_message_stores_a_dead_letter_and_counts_it(runtime, sku):
     spec = listener("failing", Failing(RuntimeError("refused"), {1}), attempts=2)
-    [envelope] = [envelope_of(increase(sku, 1), runtime.registry)]
+    envelope = delivered(runtime.engine, increase(sku, 1))
     with pytest.raises(RuntimeError):
         runtime.engine.apply(spec, [envelope], attempt=1)
     assert runtime.engine.apply(spec, [envelope], attempt=2) == [Outcome.DEAD_LETTERED]
@@ -108,10 +115,11 @@ def test_a_batch_counts_each_of_its_messages(runtime, sku):
 
 def test_a_poison_message_is_dead_lettered_and_counted_alone_or_in_a_batch(runtime, sku):
     spec = recorder("rec", [])
-    alone, in_batch = (envelope_of(increase(f"{sku}-{n}", 1), runtime.registry) for n in (1, 2))
-    for envelope in (alone, in_batch):
-        envelope["payload"] = "AAAA"  # not an Increased record
-    healthy = envelope_of(increase(sku, 1), runtime.registry)
+    alone, in_batch = (
+        delivered(runtime.engine, increase(f"{sku}-{n}", 1), payload="AAAA")  # not an Increased
+        for n in (1, 2)
+    )
+    healthy = delivered(runtime.engine, increase(sku, 1))
 
     assert runtime.engine.apply(spec, [alone]) == [Outcome.DEAD_LETTERED]
     assert runtime.engine.apply(spec, [in_batch, healthy], retry_later=Retries()) == [
@@ -132,8 +140,8 @@ def test_a_poison_message_is_dead_lettered_and_counted_alone_or_in_a_batch(runti
 )
 def test_a_transient_database_error_is_retried_even_at_the_last_attempt(runtime, sku, error):
     spec = listener("transient", Failing(error, {1, 2}), attempts=1)
-    one, two = (envelope_of(increase(sku, p), runtime.registry) for p in (1, 2))
-    other = envelope_of(increase(f"{sku}-b", 1), runtime.registry)
+    one, two = (delivered(runtime.engine, increase(sku, p)) for p in (1, 2))
+    other = delivered(runtime.engine, increase(f"{sku}-b", 1))
 
     with pytest.raises(type(error)):
         runtime.engine.apply(spec, [one], attempt=1)  # the last attempt
@@ -153,7 +161,7 @@ def test_a_statement_the_database_refuses_is_the_handlers_error_and_is_dead_lett
         runtime.database.execute_sql(f"SELECT no_such_column FROM {qualified_name(OutboxRecord)}")
 
     spec = listener("broken", broken, attempts=2)
-    envelope = envelope_of(increase(sku, 1), runtime.registry)
+    envelope = delivered(runtime.engine, increase(sku, 1))
     with pytest.raises(StorageError):
         runtime.engine.apply(spec, [envelope], attempt=1)
     assert runtime.engine.apply(spec, [envelope], attempt=2) == [Outcome.DEAD_LETTERED]

@@ -172,7 +172,7 @@ def test_a_poison_message_in_a_batch_is_dead_lettered_and_the_others_are_applied
     spec = recorder("rec", seen)
     other = unique_name("sku")
     [poison] = increases(engine, other, 1)
-    poison["payload"] = "AAAA"  # not an Increased record
+    poison = engine.keys.signed({**poison, "payload": "AAAA"})  # not an Increased record
 
     outcomes = engine.apply(
         spec, [*increases(engine, sku, 1, 2), poison], attempt=1, retry_later=Retries()

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from cqrs_warehouse.messaging.envelope import envelope_of
 from cqrs_warehouse.messaging.listening import Outcome
 from cqrs_warehouse.messaging.message import Message
 from cqrs_warehouse.messaging.storage.models import HeldMessage, OutboxRecord
 from cqrs_warehouse.warehouse.events import PRODUCT_QUANTITY_INCREASED, PRODUCT_QUANTITY_SHIPPED
 from cqrs_warehouse.warehouse.processors.low_quantity import quantity_of
-from tests.db.listening import apply, event, listener, recorder, warehouse_handler
+from tests.db.listening import apply, delivered, event, listener, recorder, warehouse_handler
 
 
 @pytest.fixture
@@ -90,7 +89,7 @@ def test_a_failing_handler_is_retried_and_dead_lettered_after_its_last_attempt(
 ):
     seen: list[int] = []
     spec = recorder("rec", seen, fail_on={1}, attempts=3)
-    envelope = envelope_of(increase(sku, 1), runtime.registry)
+    envelope = delivered(engine, increase(sku, 1))
     for attempt in (1, 2):
         with pytest.raises(RuntimeError):
             engine.apply(spec, [envelope], attempt=attempt)
@@ -105,8 +104,7 @@ def test_a_failing_handler_is_retried_and_dead_lettered_after_its_last_attempt(
 def test_a_poison_message_is_dead_lettered_at_once_and_never_handed_over(runtime, engine, sku):
     seen: list[int] = []
     spec = recorder("rec", seen)
-    envelope = envelope_of(increase(sku, 1), runtime.registry)
-    envelope["payload"] = "AAAA"  # not an Increased record
+    envelope = delivered(engine, increase(sku, 1), payload="AAAA")  # not an Increased record
     assert engine.apply(spec, [envelope], attempt=1) == [Outcome.DEAD_LETTERED]
     [letter] = runtime.dead_letters.list("rec")
     assert letter.poison == 1 and letter.attempts == 1
@@ -123,7 +121,9 @@ def test_discarding_a_dead_letter_releases_the_later_messages_of_its_stream(runt
     assert runtime.dead_letters.list("rec") == []
     # Position 2 is now up next; the sweep hands it over again
     sent: list[tuple[str, dict]] = []
-    assert engine.resend_ready_held(lambda name, env: sent.append((name, env))) == 1
+    # (signed, as a transport's send signs it)
+    resend = lambda name, env: sent.append((name, runtime.message_keys.signed(env)))  # noqa: E731
+    assert engine.resend_ready_held(resend) == 1
     [(name, envelope)] = sent
     assert name == "rec" and envelope["position"] == 2
     assert engine.apply(spec, [envelope], attempt=1) == [Outcome.APPLIED]

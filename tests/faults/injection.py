@@ -5,8 +5,9 @@ A well-formed message is built as an outbox row (``OutboxRow``, what the
 drain takes) and sent with the publisher's own AMQP properties
 (``messaging.rabbitmq.wire.properties_of``): the Avro
 binary body, content type application/avro, type, message_id, correlation_id
-and the schema_version/stream/position/predecessors headers. Poison messages
-take the same shape with something wrong in it.
+and the schema_version/stream/position/predecessors headers, signed with the
+tests' MESSAGE_KEY as the drain signs. Poison messages take the same shape
+(signed too) with something wrong in it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,14 @@ import pika
 from cqrs_warehouse.messaging.archive import ArchivedMessage
 from cqrs_warehouse.messaging.message import routing_key_for
 from cqrs_warehouse.messaging.rabbitmq.wire import AVRO_CONTENT_TYPE, properties_of
+from cqrs_warehouse.messaging.signing import SIGNATURE, MessageKeys
 from cqrs_warehouse.messaging.storage.models import OutboxRecord
 from cqrs_warehouse.messaging.storage.outbox import OutboxRow
+from tests.support.environment import TEST_MESSAGE_KEY
 from tests.support.services import BROKER_URL
+
+#: The keys of the tests' service processes.
+KEYS = MessageKeys.parse("MESSAGE_KEY", TEST_MESSAGE_KEY)
 
 
 def record_from_archive(row: ArchivedMessage) -> OutboxRow:
@@ -77,10 +83,13 @@ def poison(
     position: Any = None,
 ) -> Poison:
     message_id = str(uuid.uuid4())
+    correlation_id = f"poison-{why.replace(' ', '-')}"
     headers: dict[str, Any] = {"schema_version": version}
     if stream is not None:
         headers["stream"] = stream
         headers["position"] = position
+    signed = {"id": message_id, "type": message_type, "correlation_id": correlation_id}
+    headers[SIGNATURE] = KEYS.sign({**signed, **headers}, body)
     return Poison(
         why=why,
         message_id=message_id,
@@ -91,7 +100,7 @@ def poison(
             delivery_mode=2,
             message_id=message_id,
             type=message_type,
-            correlation_id=f"poison-{why.replace(' ', '-')}",
+            correlation_id=correlation_id,
             headers=headers,
         ),
     )
@@ -122,7 +131,7 @@ class Publisher:
                 exchange="" if queue else self.exchange,
                 routing_key=queue or routing_key_for(record.type, record.schema_version),
                 body=bytes(record.payload),
-                properties=properties_of(record),
+                properties=properties_of(record, KEYS),
             )
             count += 1
         return count

@@ -322,6 +322,9 @@ class Installation:
                 schemas_dir=str(SCHEMAS),
                 queue_prefix=self.queue_prefix,
                 slices=self.slices,
+                message_keys=Settings.from_env(
+                    {"MESSAGE_KEY": self.env.get("MESSAGE_KEY", "")}
+                ).message_keys,
             ),
             embedded=True,
         )

@@ -29,7 +29,8 @@ def add_commands(commands: Any) -> None:
         "replay",
         help="apply dead letters to their listener again",
         description="Apply dead letters to their listener again, now, in this process. "
-        "A replayed letter that fails again stays, with the error printed.",
+        "A replayed letter that fails again stays, with the error printed. An untrusted "
+        "letter (no valid signature) is verified again with this process's MESSAGE_KEY.",
     )
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("id", type=int, nargs="?", help="the dead letter to replay")
@@ -73,6 +74,7 @@ def show_letter(args: argparse.Namespace, runtime: Runtime) -> int:
         "position": letter.position,
         "attempts": letter.attempts,
         "poison": bool(letter.poison),
+        "untrusted": letter.untrusted,
         "created_at": letter.created_at.isoformat() if letter.created_at else None,
         "error": letter.error,
         "envelope": letter.envelope_dict,
@@ -98,7 +100,7 @@ def replay_letters(args: argparse.Namespace, runtime: Runtime) -> int:
             print(f"{letter.id}: kept: no listener {letter.listener!r} in listeners.yaml")
             continue
         outcome = runtime.engine.replay(spec, letter)
-        if outcome is Outcome.DEAD_LETTERED:
+        if outcome in (Outcome.DEAD_LETTERED, Outcome.DROPPED):
             failed += 1
             kept = runtime.dead_letters.get(letter.id)
             print(f"{letter.id}: failed again, kept: {kept.error if kept else '?'}")

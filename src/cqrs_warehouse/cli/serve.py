@@ -43,9 +43,11 @@ def add_commands(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, runtime: Runtime) -> int:
-    # Refuse a bad listeners.yaml before starting anything, and migrate; the
-    # process gunicorn forks builds its own runtime.
+    # Refuse a bad listeners.yaml, RabbitMQ without MESSAGE_KEY or too many
+    # waiting reads before starting anything, and migrate; the process
+    # gunicorn forks builds its own runtime.
     runtime.check_routing()
+    runtime.require_message_key()
     waiting = runtime.settings.consistency_max_waiting
     if waiting >= args.threads:
         print(

@@ -6,20 +6,40 @@ They live in the database, not in RabbitMQ, so nothing expires them. An
 operator replays one (``Engine.replay``: applied to its listener again, now)
 or discards it (the listener moves past it: its stream's later messages are
 released).
+
+A message without a valid signature is kept as an *untrusted* letter: with
+no stream position (it claimed one without proof: discarding it moves
+nothing), and replayed only if a key of the replaying process verifies it.
+Every field is fitted to its column and the envelope's text is bounded, so
+storing a letter fails only if the database does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
 
 import peewee
 
+from .envelope import LIMITS, MAX_PAYLOAD_BYTES
 from .storage.models import Model, utcnow
 from .storage.positions import Positions
 
 logger = logging.getLogger(__name__)
+
+#: ``DeadLetter.poison``: a handler that kept failing (0), a message that
+#: cannot be read (poison), one without a valid signature (untrusted).
+FAILED, POISON, UNTRUSTED = 0, 1, 2
+#: The longest envelope text kept whole, in characters: more than any
+#: envelope within the limits (a payload of MAX_PAYLOAD_BYTES is 4/3 that in
+#: base64). A longer one keeps its id and its first CUT_TEXT characters.
+MAX_ENVELOPE_TEXT = 3 * MAX_PAYLOAD_BYTES // 2
+CUT_TEXT = 4096
+#: The longest error text kept.
+MAX_ERROR_TEXT = 2000
+_MAX_VERSION, _MAX_POSITION = (1 << 31) - 1, (1 << 63) - 1
 
 
 class DeadLetter(Model):
@@ -43,6 +63,10 @@ class DeadLetter(Model):
     def envelope_dict(self) -> dict[str, Any]:
         return dict(json.loads(self.envelope))
 
+    @property
+    def untrusted(self) -> bool:
+        return bool(self.poison == UNTRUSTED)
+
 
 class DeadLetters:
     def __init__(self, database: Any, positions: Positions) -> None:
@@ -57,51 +81,69 @@ class DeadLetters:
         *,
         attempts: int,
         poison: bool,
+        trusted: bool = True,
     ) -> DeadLetter:
         """Keep ``envelope`` as a dead letter of ``listener``: once per message id
-        (one kept already takes this error and these attempts)."""
+        (one kept already takes this error and these attempts). ``trusted``:
+        its signature was verified (else it is kept as untrusted)."""
+        fields = envelope if isinstance(envelope, dict) else {}
 
-        def field(name: str, kind: type) -> Any:
-            value = envelope.get(name) if isinstance(envelope, dict) else None
-            return value if isinstance(value, kind) and not isinstance(value, bool) else None
+        def text(name: str) -> str | None:
+            value = fields.get(name)
+            return _fit(value, LIMITS[name]) if isinstance(value, str) else None
 
-        message_id = field("id", str)
-        stream, position = field("stream", str), field("position", int)
-        text = f"{type(error).__name__}: {error}"
+        def number(name: str, maximum: int) -> int | None:
+            value = fields.get(name)
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum
+            return value if ok else None
+
+        raw_id = fields.get("id")
+        message_id = _fitted_id(raw_id) if isinstance(raw_id, str) else None
+        message_type = text("type")
+        stream = text("stream") if trusted else None
+        position = number("position", _MAX_POSITION) if trusted else None
+        kind = UNTRUSTED if not trusted else POISON if poison else FAILED
+        reason = _fit(f"{type(error).__name__}: {error}", MAX_ERROR_TEXT)
+        same_trust = (
+            (DeadLetter.poison == UNTRUSTED) if not trusted else (DeadLetter.poison != UNTRUSTED)
+        )
         with self.database.atomic():
             letter = (
                 DeadLetter.get_or_none(
-                    (DeadLetter.listener == listener) & (DeadLetter.message_id == message_id)
+                    (DeadLetter.listener == listener)
+                    & (DeadLetter.message_id == message_id)
+                    & same_trust
                 )
                 if message_id is not None
                 else None
             )
             if letter is not None:
-                letter.error, letter.attempts = text, attempts
+                letter.error, letter.attempts = reason, attempts
                 letter.save()
             else:
                 letter = DeadLetter.create(
                     listener=listener,
                     message_id=message_id,
-                    type=field("type", str),
-                    schema_version=field("schema_version", int),
+                    type=message_type,
+                    schema_version=number("schema_version", _MAX_VERSION),
                     stream=stream,
                     position=position,
-                    envelope=json.dumps(envelope, default=repr),
-                    error=text,
+                    envelope=_envelope_text(envelope, message_id),
+                    error=reason,
                     attempts=attempts,
-                    poison=int(poison),
+                    poison=kind,
                 )
             if stream is not None and position is not None:
                 # Not held any more: the sweep must not resend it.
                 self.positions.release(listener, stream, position)
         logger.error(
-            "listener %s dead-lettered message %s (%s) after %d attempt(s): %s",
+            "listener %s dead-lettered%s message %s (%s) after %d attempt(s): %s",
             listener,
+            "" if trusted else " an untrusted",
             message_id,
-            envelope.get("type") if isinstance(envelope, dict) else None,
+            message_type,
             attempts,
-            text,
+            reason,
         )
         return letter
 
@@ -131,3 +173,33 @@ class DeadLetters:
             DeadLetter.listener
         )
         return {str(row[0]): int(row[1]) for row in query.tuples().iterator()}
+
+
+def _fit(value: str, limit: int) -> str:
+    """``value`` as a text column of ``limit`` characters keeps it: cut, with a
+    final "…" if it was longer; without NULs or unpaired surrogates, which
+    PostgreSQL refuses."""
+    value = value.encode("utf-8", "replace").decode("utf-8").replace("\0", "\ufffd")
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _fitted_id(message_id: str) -> str:
+    """A message id as the 36-character column keeps it; a longer one is cut
+    and marked with 8 hex digits of its SHA-256, so different ids stay apart."""
+    fitted = _fit(message_id, LIMITS["id"])
+    if fitted == message_id:
+        return fitted
+    digest = hashlib.sha256(message_id.encode("utf-8", "replace")).hexdigest()[:8]
+    return f"{fitted[:27]}…{digest}"
+
+
+def _envelope_text(envelope: Any, message_id: str | None) -> str:
+    """The envelope as JSON text, at most MAX_ENVELOPE_TEXT characters: a longer
+    one is kept as its (fitted) id and the beginning of its text."""
+    try:
+        text = json.dumps(envelope, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps({"id": message_id, "unreadable": type(envelope).__name__})
+    if len(text) <= MAX_ENVELOPE_TEXT:
+        return text
+    return json.dumps({"id": message_id, "cut": text[:CUT_TEXT] + "…"})

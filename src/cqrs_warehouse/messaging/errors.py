@@ -5,10 +5,11 @@ Driver errors (peewee's, psycopg2's, sqlite3's) are translated into the
 (``storage.database``), so nothing else inspects a driver exception.
 
 MessagingError
-├── SchemaError                  a message does not fit the Avro schemas (never retried)
+├── SchemaError                  a message does not fit its schema or the limits (never retried)
 │   ├── UnknownSchemaError         no schemas/<type>_v<version>.avsc
 │   ├── PayloadValidationError     a payload fails its schema (write or read)
 │   └── PayloadDecodeError         bytes that are not the schema's Avro binary
+├── UntrustedMessageError        a message without a valid signature (never applied nor retried)
 ├── OutboxError                  the outbox used in a way that could lose messages
 │   └── NotInTransactionError      an append outside a transaction
 ├── StorageError                 the database refused a statement
@@ -45,6 +46,11 @@ class PayloadValidationError(SchemaError):
 
 class PayloadDecodeError(SchemaError):
     """Bytes that cannot be read as the schema's Avro binary."""
+
+
+class UntrustedMessageError(MessagingError):
+    """A message that no key of MESSAGE_KEY signed: not from this service's drain.
+    Dead-lettered on its first delivery; never applied, never retried."""
 
 
 class OutboxError(MessagingError):

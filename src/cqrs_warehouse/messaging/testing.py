@@ -55,7 +55,8 @@ def feed(
     bound) or held until its predecessor in its stream is applied. A
     handler's error is raised, as on a first attempt.
     """
-    outcomes = engine.apply(as_listener(listener), [envelope_of(message, engine.registry)])
+    envelope = engine.keys.signed(envelope_of(message, engine.registry))  # as the drain signs
+    outcomes = engine.apply(as_listener(listener), [envelope])
     return outcomes[0] is Outcome.APPLIED
 
 

@@ -7,6 +7,11 @@ is first recorded (``Delivery``) in the drain's transaction, deleted once the
 listener is done with it, and handed over again when the process starts
 after a crash (listeners skip what they had already applied): ``serve``
 killed with SIGKILL loses no accepted command's effect.
+
+What it hands over is signed, as on RabbitMQ, with the process's keys (a
+random one unless MESSAGE_KEY is set); a delivery is recorded unsigned and
+signed when it is handed over, so one left by a previous run, whose key may
+have been another, is handed over signed with this run's.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ..envelope import envelope_from_record
 from ..listening.actors import send_envelope
 from ..message import routing_key_for
 from ..routing import RoutingConfig, actor_name
+from ..signing import SIGNATURE, MessageKeys
 from ..storage.models import Model
 from ..storage.outbox import OutboxRow
 
@@ -41,8 +47,9 @@ class Delivery(Model):
 
 
 class InProcessTransport:
-    def __init__(self, routing: RoutingConfig) -> None:
+    def __init__(self, routing: RoutingConfig, keys: MessageKeys) -> None:
         self.routing = routing
+        self.keys = keys
         self.broker: dramatiq.Broker = StubBroker()
         self.publisher: Publisher = _Publisher(self)
         self.middleware: list[Middleware] = [_ForgetDone()]
@@ -50,9 +57,9 @@ class InProcessTransport:
     def send(self, listener: str, envelope: dict[str, Any]) -> None:
         """Hand ``envelope`` to one listener again, recorded as a delivery first
         (call inside a transaction: the record commits with it)."""
-        plain = {k: v for k, v in envelope.items() if k != "delivery"}
+        plain = {k: v for k, v in envelope.items() if k not in ("delivery", SIGNATURE)}
         delivery = Delivery.create(listener=listener, envelope=json.dumps(plain))
-        send_envelope(self.broker, actor_name(listener), {**plain, "delivery": delivery.id})
+        self._hand_over(actor_name(listener), plain, delivery.id)
 
     def check(self) -> None:
         """Nothing to reach: the broker is in this process."""
@@ -69,9 +76,13 @@ class InProcessTransport:
         """Hand over again every delivery a previous run left unfinished; how many."""
         pending = list(Delivery.select().order_by(Delivery.id))
         for delivery in pending:
-            envelope = {**json.loads(delivery.envelope), "delivery": delivery.id}
-            send_envelope(self.broker, actor_name(delivery.listener), envelope)
+            self._hand_over(
+                actor_name(delivery.listener), json.loads(delivery.envelope), delivery.id
+            )
         return len(pending)
+
+    def _hand_over(self, actor: str, envelope: dict[str, Any], delivery: int) -> None:
+        send_envelope(self.broker, actor, {**self.keys.signed(envelope), "delivery": delivery})
 
 
 class _Publisher:
@@ -84,14 +95,14 @@ class _Publisher:
         handovers = []
         for row in rows:
             key = routing_key_for(row.type, row.schema_version)
+            envelope = envelope_from_record(row)
             for spec in self.transport.routing.listeners_for(key):
-                envelope = envelope_from_record(row)
                 delivery = Delivery.create(listener=spec.name, envelope=json.dumps(envelope))
-                handovers.append((spec.actor_name, {**envelope, "delivery": delivery.id}))
+                handovers.append((spec.actor_name, envelope, delivery.id))
 
         def hand_over() -> None:
-            for actor, envelope in handovers:
-                send_envelope(self.transport.broker, actor, envelope)
+            for actor, envelope, delivery in handovers:
+                self.transport._hand_over(actor, envelope, delivery)
 
         return hand_over
 

@@ -4,15 +4,23 @@ The live path (a listener's actor), dead-letter replays, rebuilds and the
 tests' ``feed`` all call ``Engine.apply``, so all of them get the same
 policy. For each delivery (an envelope):
 
-1. it is decoded through the Avro registry; one that does not fit its
-   schema is a poison message: dead-lettered at once, never handed over;
-2. it is applied in a transaction that also records what the listener
+1. its signature is verified (``signing``): one that no key of MESSAGE_KEY
+   signed is dead-lettered at once as untrusted, never decoded, never
+   handed over, and moves no stream; messages taken back from the database
+   (an archive replayed by a rebuild, a dead letter replayed) were verified
+   when they first arrived;
+2. it is decoded through the Avro registry; one that does not fit its
+   schema or the envelope's limits is a poison message: dead-lettered at
+   once, never handed over;
+3. it is applied in a transaction that also records what the listener
    applied (``ordering.py``), under its message's logging context;
-3. a transient database failure (unavailable, a deadlock) is raised to be
+4. a transient database failure (unavailable, a deadlock) is raised to be
    retried until it passes: it never dead-letters a message;
-4. a handler's error is raised to be retried (Dramatiq's backoff) until the
-   listener's last attempt, then the message becomes a dead letter;
-5. the outcome is counted (``cqrs_listener_messages_total``) and logged.
+5. a handler's error is raised to be retried (Dramatiq's backoff) until the
+   listener's last attempt, then the message becomes a dead letter (a
+   letter that cannot be stored for good is logged at ERROR and dropped:
+   no message stops the loop; a database that is away is retried);
+6. the outcome is counted (``cqrs_listener_messages_total``) and logged.
 
 Several deliveries go in one transaction (sorted by stream and position);
 if a handler fails, that transaction is undone and each is applied on its
@@ -31,12 +39,19 @@ from .. import context
 from ..consistency import Consistency
 from ..dead_letters import DeadLetter, DeadLetters
 from ..envelope import envelope_from_record, message_from_envelope
-from ..errors import RefusedClaimError, SchemaError, StorageError, TransientStorageError
+from ..errors import (
+    RefusedClaimError,
+    SchemaError,
+    StorageError,
+    TransientStorageError,
+    UntrustedMessageError,
+)
 from ..message import Message
 from ..metrics import Metrics
 from ..outbox import Outbox
 from ..routing import ListenerSpec
 from ..schemas import SchemaRegistry
+from ..signing import MessageKeys
 from ..storage.positions import Positions
 from .ordering import Ordering, Outcome, batch_order, required_position
 
@@ -57,8 +72,10 @@ class Engine:
         dead_letters: DeadLetters,
         metrics: Metrics,
         consistency: Consistency,
+        keys: MessageKeys,
     ) -> None:
         self.outbox = outbox
+        self.keys = keys
         self.database = outbox.database
         self.positions = positions
         self.registry = registry
@@ -75,23 +92,32 @@ class Engine:
         attempt: int = 1,
         final: bool = False,
         retry_later: RetryLater | None = None,
+        verified: bool = False,
     ) -> list[Outcome]:
         """Apply ``envelopes`` to ``spec``'s listener; their outcomes, in order.
 
         ``attempt`` counts this delivery's attempts; ``final`` makes it the
         last (a failure dead-letters the message instead of raising). Several
-        envelopes need ``retry_later`` unless ``final``.
+        envelopes need ``retry_later`` unless ``final``. ``verified``: taken
+        back from the database, their signatures were checked on arrival.
         """
         if len(envelopes) == 1:
-            return [self._one(spec, envelopes[0], attempt, final)]
+            return [self._one(spec, envelopes[0], attempt, final, verified)]
         assert final or retry_later is not None, "a batch needs retry_later unless final"
-        return self._batch(spec, envelopes, attempt, final, retry_later)
+        return self._batch(spec, envelopes, attempt, final, retry_later, verified)
 
     def replay(self, spec: ListenerSpec, letter: DeadLetter) -> Outcome:
         """Apply a dead letter to its listener again, now, as its last attempt;
-        the letter goes unless it fails again (then it keeps the new error)."""
-        outcome = self._one(spec, letter.envelope_dict, letter.attempts + 1, final=True)
-        if outcome is not Outcome.DEAD_LETTERED:
+        the letter goes unless it fails again (then it keeps the new error).
+
+        An untrusted letter is verified again, with this process's keys: a
+        message refused while the keys were wrong (a rotation gone wrong) is
+        applied once they are right; a forged one is refused again."""
+        envelope = letter.envelope_dict
+        outcome = self._one(
+            spec, envelope, letter.attempts + 1, final=True, verified=not letter.untrusted
+        )
+        if outcome not in (Outcome.DEAD_LETTERED, Outcome.DROPPED):
             letter.delete_instance()
         return outcome
 
@@ -108,7 +134,9 @@ class Engine:
 
     # --- one delivery -----------------------------------------------------
 
-    def _one(self, spec: ListenerSpec, envelope: Envelope, attempt: int, final: bool) -> Outcome:
+    def _one(
+        self, spec: ListenerSpec, envelope: Envelope, attempt: int, final: bool, verified: bool
+    ) -> Outcome:
         fields = envelope if isinstance(envelope, dict) else {}
         with context.bound(
             correlation_id=_text(fields.get("correlation_id")),
@@ -117,7 +145,7 @@ class Engine:
             listener=spec.name,
         ):
             try:
-                outcome = self._decode_and_apply(spec, envelope, attempt, final)
+                outcome = self._decode_and_apply(spec, envelope, attempt, final, verified)
             except Exception:
                 self.metrics.count_outcome(spec.name, "retried")
                 raise
@@ -129,14 +157,22 @@ class Engine:
             logger.info("listener %s: %s (attempt %d)", spec.name, outcome, attempt)
         return outcome
 
+    def _decode(self, spec: ListenerSpec, envelope: Envelope, verified: bool) -> Message:
+        """The message of ``envelope``, verified unless ``verified`` already;
+        raises UntrustedMessageError or SchemaError."""
+        if not verified:
+            self.keys.verify(envelope)
+        return message_from_envelope(envelope, self.registry, spec.reads)
+
     def _decode_and_apply(
-        self, spec: ListenerSpec, envelope: Envelope, attempt: int, final: bool
+        self, spec: ListenerSpec, envelope: Envelope, attempt: int, final: bool, verified: bool
     ) -> Outcome:
         try:
-            message = message_from_envelope(envelope, self.registry, spec.reads)
+            message = self._decode(spec, envelope, verified)
+        except UntrustedMessageError as error:
+            return self._dead_letter(spec, envelope, error, attempt, poison=True, trusted=False)
         except SchemaError as error:
-            self.dead_letters.store(spec.name, envelope, error, attempts=attempt, poison=True)
-            return Outcome.DEAD_LETTERED
+            return self._dead_letter(spec, envelope, error, attempt, poison=True)
         try:
             return self._apply_message(spec, message)
         except TransientStorageError as error:
@@ -156,8 +192,39 @@ class Engine:
                     error,
                 )
                 raise
-            self.dead_letters.store(spec.name, envelope, error, attempts=attempt, poison=False)
-            return Outcome.DEAD_LETTERED
+            return self._dead_letter(spec, envelope, error, attempt, poison=False)
+
+    def _dead_letter(
+        self,
+        spec: ListenerSpec,
+        envelope: Envelope,
+        error: Exception,
+        attempt: int,
+        *,
+        poison: bool,
+        trusted: bool = True,
+    ) -> Outcome:
+        """Keep the message as a dead letter. A database that is away is raised
+        (retried); any other failure to store it is logged and the message
+        dropped, so that no message can stop its listener's loop."""
+        try:
+            self.dead_letters.store(
+                spec.name, envelope, error, attempts=attempt, poison=poison, trusted=trusted
+            )
+        except TransientStorageError:
+            raise
+        except Exception as failure:
+            logger.error(
+                "listener %s: message %s could not be kept as a dead letter (%r); "
+                "it is dropped. It failed with: %s",
+                spec.name,
+                context.message_id.get(),
+                failure,
+                f"{type(error).__name__}: {error}"[:2000],
+                exc_info=True,
+            )
+            return Outcome.DROPPED
+        return Outcome.DEAD_LETTERED
 
     def _apply_message(self, spec: ListenerSpec, message: Message) -> Outcome:
         if self._may_claim_ahead(spec, message):
@@ -234,14 +301,16 @@ class Engine:
         attempt: int,
         final: bool,
         retry_later: RetryLater | None,
+        verified: bool,
     ) -> list[Outcome]:
         outcomes: dict[int, Outcome] = {}
         batch: list[tuple[Message, int]] = []
         for index, envelope in enumerate(envelopes):
             try:
-                message = message_from_envelope(envelope, self.registry, spec.reads)
-            except SchemaError:
-                outcomes[index] = self._one(spec, envelope, attempt, final)  # dead-letters it
+                message = self._decode(spec, envelope, verified)
+            except (SchemaError, UntrustedMessageError):
+                # (Decoded once more there, and dead-lettered.)
+                outcomes[index] = self._one(spec, envelope, attempt, final, verified)
             else:
                 batch.append((message, index))
         batch.sort(key=lambda item: batch_order(item[0]))
@@ -272,7 +341,7 @@ class Engine:
                 )
             for _, index in batch:
                 try:
-                    outcomes[index] = self._one(spec, envelopes[index], attempt, final)
+                    outcomes[index] = self._one(spec, envelopes[index], attempt, final, True)
                 except TransientStorageError:
                     raise
                 except Exception:
@@ -294,7 +363,8 @@ class Engine:
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    """A field for the logging context; at most 100 characters of it."""
+    return value[:100] if isinstance(value, str) else None
 
 
 def _fields(spec: ListenerSpec, message: Message) -> dict[str, Any]:

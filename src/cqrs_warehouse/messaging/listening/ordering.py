@@ -32,6 +32,7 @@ class Outcome(enum.StrEnum):
     UNBOUND = "unbound"  # none of the listener's bindings match: skipped
     RETRIED = "retried"  # failed in a batch: sent back to come again alone
     DEAD_LETTERED = "dead_lettered"
+    DROPPED = "dropped"  # could not even be kept as a dead letter: logged at ERROR
 
 
 #: An outcome, and the position it left the message's stream at (None: not moved).

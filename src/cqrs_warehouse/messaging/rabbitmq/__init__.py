@@ -15,12 +15,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import Middleware, Retries, TimeLimit
+from dramatiq.middleware import Middleware, TimeLimit
 
 from ..drain import Publisher
 from ..listening.actors import send_envelope
 from ..routing import actor_name
-from .broker import ListenerRoutingBroker
+from ..signing import MessageKeys
+from .broker import ListenerRoutingBroker, RequeueUnlessRetried
 from .publisher import RabbitmqPublisher
 from .routes import ApplyRoutesAtBoot, Routes
 from .topology import Topology, ping, queue_depths
@@ -39,10 +40,12 @@ class RabbitmqTransport:
         prefix: str,
         owners: Mapping[str, str],
         source: str,
+        keys: MessageKeys,
     ) -> None:
         """``bindings``: each listener queue's topic patterns; ``listener_queues``:
         those queues in listeners.yaml's order; ``owners``: queue -> listener;
-        ``database`` keeps the record of what was declared (``routes``)."""
+        ``database`` keeps the record of what was declared (``routes``);
+        ``keys`` sign what it publishes and sends."""
         self.broker: dramatiq.Broker
         self.broker = broker = ListenerRoutingBroker(
             url=url,
@@ -51,19 +54,20 @@ class RabbitmqTransport:
             listener_queues=list(listener_queues),
             # Of Dramatiq's default middleware, the two the actors use: the
             # others serve options no actor here sets, and each runs on every message.
-            middleware=[TimeLimit(), Retries()],
+            middleware=[TimeLimit(), RequeueUnlessRetried()],
         )
         self.parameters = broker.parameters
         self.topology = Topology(broker, exchange, bindings)
-        self.publisher: Publisher = RabbitmqPublisher(self.parameters, self.topology)
+        self.keys = keys
+        self.publisher: Publisher = RabbitmqPublisher(self.parameters, self.topology, keys)
         self.routes = Routes(
             database, self.topology, self.parameters, prefix=prefix, owners=owners, source=source
         )
         self.middleware: list[Middleware] = [ApplyRoutesAtBoot(self.routes)]
 
     def send(self, listener: str, envelope: dict[str, Any]) -> None:
-        """Hand ``envelope`` to one listener again (a held message resent)."""
-        send_envelope(self.broker, actor_name(listener), envelope)
+        """Hand ``envelope`` to one listener again, signed (a held message resent)."""
+        send_envelope(self.broker, actor_name(listener), self.keys.signed(envelope))
 
     def check(self) -> None:
         """Raise unless RabbitMQ accepts a connection now."""

@@ -17,8 +17,9 @@ from typing import Any
 import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import dq_name
+from dramatiq.middleware import Retries
 
-from .consumer import ListenerConsumer
+from .consumer import REQUEUE, ListenerConsumer
 
 
 class ListenerRoutingBroker(RabbitmqBroker):
@@ -79,3 +80,24 @@ class ListenerRoutingBroker(RabbitmqBroker):
             refusal,
         )
         return self.channel.queue_declare(queue=declared, passive=True)
+
+
+class RequeueUnlessRetried(Retries):
+    """Dramatiq's Retries, except when the retry cannot be enqueued (RabbitMQ
+    refuses it, the connection is gone): Dramatiq logs that, swallows it and
+    acknowledges the message, which is then lost. Here the message is marked
+    (``consumer.REQUEUE``) and its consumer hands it back to RabbitMQ, which
+    delivers it again; listeners skip what they had applied."""
+
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
+    ) -> None:
+        try:
+            super().after_process_message(broker, message, result=result, exception=exception)
+        except Exception:
+            self.logger.error(
+                "Could not enqueue the retry of message %r; RabbitMQ will deliver it again.",
+                message.message_id,
+                exc_info=True,
+            )
+            message.options[REQUEUE] = True

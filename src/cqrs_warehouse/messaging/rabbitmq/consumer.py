@@ -18,6 +18,10 @@ consumer thread processes its own batches, through Dramatiq's
 message, database connections, metrics), and acks them on its own connection
 at once. Dramatiq messages on the same queue (retries, resends) still go
 through the work queue.
+
+A message whose retry Dramatiq could not enqueue (``broker.RequeueUnlessRetried``
+marks it) is handed back to RabbitMQ instead of acknowledged: Dramatiq would
+acknowledge it, and it would be lost.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ from .wire import envelope_of_delivery
 
 #: More than any number of worker processes (see ``consumer_priority``).
 _RANKS = 1000
+#: Set in a message's options when its retry could not be enqueued: its
+#: deliveries go back to RabbitMQ (requeued) instead of being acknowledged.
+REQUEUE = "cqrs_requeue"
 
 
 def consumer_priority(queues: Sequence[str], queue_name: str, process: int | None) -> int | None:
@@ -160,6 +167,8 @@ class ListenerConsumer(_RabbitmqConsumer):
         return bool(self.channel.get_waiting_message_count())
 
     def ack(self, message: Any) -> None:
+        if message.options.get(REQUEUE):
+            return self._requeue(message)
         if not isinstance(message, _Batch):
             return super().ack(message)
         self._settle(message, partial(self._ack_tags, message.tags))
@@ -167,7 +176,25 @@ class ListenerConsumer(_RabbitmqConsumer):
     def nack(self, message: Any) -> None:
         if not isinstance(message, _Batch):
             return super().nack(message)
-        self._settle(message, partial(self._nack_tags, message.tags))
+        self._settle(message, partial(self._nack_tags, message.tags, requeue=False))
+
+    def _requeue(self, message: Any) -> None:
+        """Hand ``message``'s deliveries back to RabbitMQ, which delivers them again."""
+        if isinstance(message, _Batch):
+            self._settle(message, partial(self._nack_tags, message.tags, requeue=True))
+            return
+        # A Dramatiq message: as Dramatiq's nack, but requeued.
+        try:
+            self.known_tags.remove(message._tag)
+        except KeyError:
+            self.logger.warning("Failed to requeue message: not in known tags.")
+            return
+        try:
+            self.connection.add_callback_threadsafe(
+                partial(self.channel.basic_nack, message._tag, requeue=True)
+            )
+        except pika.exceptions.AMQPError as error:
+            raise ConnectionClosed(error) from None
 
     def _settle(self, message: _Batch, action: Any) -> None:
         if not set(message.tags) <= self.known_tags:
@@ -206,10 +233,10 @@ class ListenerConsumer(_RabbitmqConsumer):
                 self.channel._impl.basic_ack(tag)
         self.connection.process_data_events(time_limit=0)
 
-    def _nack_tags(self, tags: list[int]) -> None:
+    def _nack_tags(self, tags: list[int], *, requeue: bool) -> None:
         with coalesced_frames(self.connection):
             for tag in tags:
-                self.channel._impl.basic_nack(tag, requeue=False)
+                self.channel._impl.basic_nack(tag, requeue=requeue)
         self.connection.process_data_events(time_limit=0)
 
 

@@ -8,6 +8,7 @@ drain may let the rows go. Unlike an AMQP transaction, confirm mode routes
 each message at once: listeners may receive it while RabbitMQ is still
 writing it. A message RabbitMQ nacks, or a batch not confirmed in time,
 fails the batch: the drain keeps its rows and publishes them again later.
+Each message is signed with the first key of MESSAGE_KEY (``wire.properties_of``).
 
 The exchange, every listener queue and their bindings are declared before
 the first publish on a connection: RabbitMQ drops a message published
@@ -29,6 +30,7 @@ import pika.exceptions
 
 from ..errors import PublishError
 from ..message import routing_key_for
+from ..signing import MessageKeys
 from ..storage.outbox import OutboxRow
 from .topology import Topology
 from .wire import properties_of
@@ -42,9 +44,10 @@ class RabbitmqPublisher:
     #: Seconds a batch may wait for RabbitMQ's confirms before it fails.
     confirm_timeout = 30.0
 
-    def __init__(self, parameters: Any, topology: Topology) -> None:
+    def __init__(self, parameters: Any, topology: Topology, keys: MessageKeys) -> None:
         self.parameters = parameters
         self.topology = topology
+        self.keys = keys
         self._local = threading.local()
 
     def publish(self, rows: Sequence[OutboxRow]) -> None:
@@ -78,7 +81,7 @@ class RabbitmqPublisher:
                     exchange=self.topology.exchange,
                     routing_key=routing_key_for(row.type, row.schema_version),
                     body=bytes(row.payload),
-                    properties=properties_of(row),
+                    properties=properties_of(row, self.keys),
                 )
         deadline = time.monotonic() + self.confirm_timeout
         while confirms.waiting():

@@ -2,8 +2,9 @@
 AMQP properties. Written by the publisher, read by the listeners' consumer.
 
 The id, type and correlation id are the AMQP ``message_id``, ``type`` and
-``correlation_id``; the schema version, stream, position and predecessors
-are headers; the routing key is ``<type>.v<version>``.
+``correlation_id``; the schema version, stream, position, predecessors and
+the drain's signature (``messaging.signing``) are headers; the routing key
+is ``<type>.v<version>``.
 """
 
 from __future__ import annotations
@@ -14,19 +15,29 @@ from typing import Any
 
 import pika
 
+from ..signing import SIGNATURE, MessageKeys
 from ..storage.outbox import OutboxRow
 
 #: AMQP content type that marks a body as one of our Avro messages.
 AVRO_CONTENT_TYPE = "application/avro"
 
 
-def properties_of(row: OutboxRow) -> pika.BasicProperties:
+def properties_of(row: OutboxRow, keys: MessageKeys) -> pika.BasicProperties:
+    """The properties of ``row``'s message, signed with ``keys``."""
     headers: dict[str, Any] = {"schema_version": row.schema_version}
+    # The fields as the consumer reads them back (``envelope_of_delivery``).
+    signed: dict[str, Any] = {
+        "id": row.message_id,
+        "type": row.type,
+        "schema_version": row.schema_version,
+        "correlation_id": row.correlation_id,
+    }
     if row.stream is not None:
-        headers["stream"] = row.stream
-        headers["position"] = row.position
+        signed["stream"] = headers["stream"] = row.stream
+        signed["position"] = headers["position"] = row.position
         if row.predecessors:
-            headers["predecessors"] = json.loads(row.predecessors)
+            signed["predecessors"] = headers["predecessors"] = json.loads(row.predecessors)
+    headers[SIGNATURE] = keys.sign(signed, bytes(row.payload))
     return pika.BasicProperties(
         content_type=AVRO_CONTENT_TYPE,
         delivery_mode=2,
@@ -51,4 +62,5 @@ def envelope_of_delivery(properties: pika.BasicProperties, body: bytes) -> dict[
         "position": headers.get("position"),
         "predecessors": headers.get("predecessors"),
         "correlation_id": properties.correlation_id,
+        SIGNATURE: headers.get(SIGNATURE),
     }
