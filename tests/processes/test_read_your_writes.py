@@ -11,20 +11,28 @@ import pytest
 import requests
 
 from tests.support.installation import Installation
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.processes
 
 
 def read(ops: Installation, path: str, token: str, *, as_header: bool) -> requests.Response:
+    """GET ``path`` with ``token``, as a client does: retried after its
+    Retry-After while the worker it reached has as many reads waiting as
+    CONSISTENCY_MAX_WAITING allows (three writers read at once here)."""
     if as_header:
-        return requests.get(
-            ops.base_url + path,
-            headers={"X-Consistency-Token": token, "Connection": "close"},
-            timeout=15,
-        )
-    return requests.get(
-        ops.base_url + path, params={"after": token}, headers={"Connection": "close"}, timeout=15
-    )
+        options = {"headers": {"X-Consistency-Token": token, "Connection": "close"}}
+    else:
+        options = {"params": {"after": token}, "headers": {"Connection": "close"}}
+    answers: list[requests.Response] = []
+
+    def answered() -> None:
+        answers.append(requests.get(ops.base_url + path, timeout=15, **options))
+        busy = answers[-1].status_code == 503 and "Too many waiting" in answers[-1].text
+        assert not busy, "too many waiting reads: retry after Retry-After"
+
+    eventually(answered, timeout=60, interval=1)  # (Retry-After: 1)
+    return answers[-1]
 
 
 def writer(ops: Installation, skus: list[str], seed: int, failures: list[str]) -> None:
