@@ -33,7 +33,8 @@ def _logconfig() -> dict:
     json_format = {
         "()": "pythonjsonlogger.json.JsonFormatter",
         "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s "
-        "%(correlation_id)s %(message_id)s %(message_type)s %(listener)s",
+        "%(correlation_id)s %(trace_id)s %(span_id)s %(message_id)s %(message_type)s "
+        "%(listener)s",
         "rename_fields": {"levelname": "level", "name": "logger", "asctime": "time"},
     }
     text_format = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}

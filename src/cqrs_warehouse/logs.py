@@ -15,7 +15,7 @@ from pythonjsonlogger.json import JsonFormatter
 from .messaging.context import ContextFilter
 from .settings import redact_url
 
-_FIELDS = "%(correlation_id)s %(message_id)s %(message_type)s %(listener)s"
+_FIELDS = "%(correlation_id)s %(trace_id)s %(span_id)s %(message_id)s %(message_type)s %(listener)s"
 
 
 class RedactCredentials(logging.Filter):
@@ -37,12 +37,15 @@ class RedactCredentials(logging.Filter):
         return True
 
 
+_TEXT_FIELDS = ("correlation_id", "trace_id", "span_id", "message_id", "message_type", "listener")
+
+
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = [
             f"{name}={getattr(record, name)}"
-            for name in ("correlation_id", "message_id", "message_type", "listener")
+            for name in _TEXT_FIELDS
             if getattr(record, name, None)
         ]
         return f"{line} [{' '.join(extras)}]" if extras else line

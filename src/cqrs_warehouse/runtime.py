@@ -39,6 +39,7 @@ from .messaging.routing_lint import Finding, check
 from .messaging.schemas import SchemaRegistry
 from .messaging.signing import MessageKeys
 from .messaging.storage import Storage, Timeouts, open_storage
+from .messaging.tracing import Tracing
 from .messaging.transport import Transport
 from .messaging.waking import DrainWaker
 from .settings import Settings, read_settings
@@ -54,8 +55,11 @@ class Runtime:
         slices: tuple[Slice, ...],
         *,
         wrap_publisher: Callable[[Publisher], Publisher] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        #: Traces, from the OTEL_* variables (off unless OTEL_TRACES_EXPORTER is set).
+        self.tracing = tracing if tracing is not None else Tracing.from_env()
         self.slices = slices
         self.wrap_publisher = wrap_publisher
         self.storage: Storage = open_storage(
@@ -74,7 +78,11 @@ class Runtime:
         )
         self.metrics = Metrics()
         self.outbox = Outbox(
-            self.database, self.storage.outbox, self.registry, wake_drain=self._wake_drain
+            self.database,
+            self.storage.outbox,
+            self.registry,
+            wake_drain=self._wake_drain,
+            tracing=self.tracing,
         )
         self.dead_letters = DeadLetters(self.database, self.storage.positions)
         self.services = {
@@ -250,6 +258,7 @@ class _Actors:
             publisher,
             runtime.metrics,
             batch_size=settings.drain_batch_size,
+            tracing=runtime.tracing,
         )
         drain_queue = settings.prefixed("outbox_drain")
         self.drain_actor = declare_drain_actor(broker, self.drain.run, queue_name=drain_queue)
@@ -271,12 +280,14 @@ def build(
     *,
     embedded: bool = False,
     wrap_publisher: Callable[[Publisher], Publisher] | None = None,
+    tracing: Tracing | None = None,
 ) -> Runtime:
     """The runtime of ``settings`` (default: from the environment).
 
     ``embedded``: may run on the in-process broker when BROKER_URL is unset
     (`cqrs-warehouse serve` and the CLI); the API and the workers may not.
     ``wrap_publisher``: wraps the drain's publisher (the fault tests crash it).
+    ``tracing``: instead of the one OTEL_* make (the tests' in-memory exporter).
     """
     settings = settings or Settings.from_env()
     if settings.broker_url is None and not embedded:
@@ -285,4 +296,6 @@ def build(
             "broker; set BROKER_URL=amqp://USER:PASSWORD@HOST:5672/ to run the API or the "
             "workers on their own."
         )
-    return Runtime(settings, load_slices(settings.slices), wrap_publisher=wrap_publisher)
+    return Runtime(
+        settings, load_slices(settings.slices), wrap_publisher=wrap_publisher, tracing=tracing
+    )

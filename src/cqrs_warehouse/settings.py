@@ -50,6 +50,36 @@ PROCESS_VARIABLES = (
     "dramatiq_prom_host",
     "dramatiq_prom_port",
     "dramatiq_prom_db",
+    # OpenTelemetry's (messaging/tracing.py), read by the SDK and its OTLP exporter.
+    *(
+        f"OTEL_{name}"
+        for name in (
+            "SDK_DISABLED",
+            "SERVICE_NAME",
+            "RESOURCE_ATTRIBUTES",
+            "PROPAGATORS",
+            "TRACES_EXPORTER",
+            "TRACES_SAMPLER",
+            "TRACES_SAMPLER_ARG",
+            "BSP_SCHEDULE_DELAY",
+            "BSP_MAX_QUEUE_SIZE",
+            "BSP_MAX_EXPORT_BATCH_SIZE",
+            "BSP_EXPORT_TIMEOUT",
+            "EXPORTER_OTLP_ENDPOINT",
+            "EXPORTER_OTLP_TRACES_ENDPOINT",
+            "EXPORTER_OTLP_HEADERS",
+            "EXPORTER_OTLP_TRACES_HEADERS",
+            "EXPORTER_OTLP_TIMEOUT",
+            "EXPORTER_OTLP_TRACES_TIMEOUT",
+            "EXPORTER_OTLP_PROTOCOL",
+            "EXPORTER_OTLP_TRACES_PROTOCOL",
+            "EXPORTER_OTLP_COMPRESSION",
+            "EXPORTER_OTLP_TRACES_COMPRESSION",
+            "EXPORTER_OTLP_CERTIFICATE",
+            "EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "PYTHON_FALCON_EXCLUDED_URLS",
+        )
+    ),
 )
 
 T = TypeVar("T")

@@ -32,6 +32,8 @@ class ArchivedMessage(Model):
     position = peewee.BigIntegerField(null=True)
     predecessors = peewee.TextField(null=True)
     correlation_id = peewee.CharField(max_length=64, null=True)
+    traceparent = peewee.CharField(max_length=64, null=True)
+    tracestate = peewee.CharField(max_length=512, null=True)
     archived_at = peewee.DateTimeField(default=utcnow, index=True)
 
     class Meta:
@@ -47,6 +49,8 @@ _COLUMNS: list[peewee.Field] = [
     ArchivedMessage.position,
     ArchivedMessage.predecessors,
     ArchivedMessage.correlation_id,
+    ArchivedMessage.traceparent,
+    ArchivedMessage.tracestate,
     ArchivedMessage.archived_at,
 ]
 _ARCHIVE_MANY = Bulk(_COLUMNS, lambda insert: insert.on_conflict_ignore())
@@ -83,6 +87,8 @@ class Archive(Handler):
             message.correlation_id
             if message.correlation_id is not None
             else context.correlation_id.get(),
+            message.traceparent,
+            message.tracestate,
             utcnow(),
         )
 

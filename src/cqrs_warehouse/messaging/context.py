@@ -1,8 +1,9 @@
 """What the current line of work is about, for logs: the correlation id that
-follows a request through the outbox to every listener, and the message and
-listener being handled. Set by the web middleware and the listener runner;
-read by ``ContextFilter`` (installed by ``logs.configure``) and by the
-outbox, which stamps the correlation id on every message it stores.
+follows a request through the outbox to every listener, the message and
+listener being handled and, with traces on, the trace and span ids. Set by
+the web middleware and the listener runner; read by ``ContextFilter``
+(installed by ``logs.configure``) and by the outbox, which stamps the
+correlation id on every message it stores.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import contextvars
 import logging
 import uuid
 from typing import Any
+
+from opentelemetry import trace
+
+from .tracing import wanted
 
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "correlation_id", default=None
@@ -65,10 +70,22 @@ def of_message(message: Any) -> bound:
 
 
 class ContextFilter(logging.Filter):
-    """Adds the context fields to every log record (None when unset)."""
+    """Adds the context fields to every log record (None when unset), and the
+    ids of the current trace and span (``trace_id``, ``span_id``, as
+    exporters show them) when traces are on (``tracing.wanted``)."""
+
+    def __init__(self, name: str = "", *, traces: bool | None = None) -> None:
+        super().__init__(name)
+        self.traces = wanted() if traces is None else traces
 
     def filter(self, record: logging.LogRecord) -> bool:
         for name, variable in _FIELDS.items():
             if not hasattr(record, name):
                 setattr(record, name, variable.get())
+        record.trace_id = record.span_id = None
+        if self.traces:
+            span = trace.get_current_span().get_span_context()
+            if span.is_valid:
+                record.trace_id = trace.format_trace_id(span.trace_id)
+                record.span_id = trace.format_span_id(span.span_id)
         return True

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from .metrics import Metrics
 from .storage.outbox import OutboxRow, OutboxStore
+from .tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,14 @@ class Drain:
         metrics: Metrics,
         *,
         batch_size: int = 500,
+        tracing: Tracing | None = None,
     ) -> None:
         self.database = database
         self.store = store
         self.publisher = publisher
         self.metrics = metrics
         self.batch_size = batch_size
+        self.tracing = tracing or Tracing()
 
     def run(self) -> int:
         """Publish until the outbox is empty (or only holds rows other drains took)."""
@@ -58,7 +61,8 @@ class Drain:
             rows = self.store.take(self.batch_size)
             if not rows:
                 return 0
-            after_commit = self.publisher.publish(rows)
+            with self.tracing.publishing(rows) as sent:  # a span per traced row
+                after_commit = self.publisher.publish(sent)
         if after_commit is not None:
             after_commit()
         self.metrics.count_published(len(rows))

@@ -22,6 +22,7 @@ from typing import Any, TypeGuard
 from .errors import PayloadDecodeError
 from .message import Message
 from .schemas import SchemaRegistry
+from .tracing import fitted
 
 #: The longest text of each field, in characters: the columns that keep them.
 LIMITS = {"id": 36, "type": 255, "stream": 255, "correlation_id": 64}
@@ -55,6 +56,9 @@ def envelope_from_record(record: Any) -> dict[str, Any]:
     written_version = getattr(record, "written_version", None)
     if written_version is not None:
         envelope["written_version"] = written_version
+    if getattr(record, "traceparent", None) is not None:  # (messaging/tracing.py)
+        envelope["traceparent"] = record.traceparent
+        envelope["tracestate"] = record.tracestate
     return envelope
 
 
@@ -116,6 +120,8 @@ def message_from_envelope(
         # (A held message comes back in its reader's version: not as written.)
         encoded=data if version == routed_version else None,
         correlation_id=correlation_id,
+        traceparent=fitted(envelope.get("traceparent"), "traceparent"),
+        tracestate=fitted(envelope.get("tracestate"), "tracestate"),
     )
 
 
@@ -181,4 +187,6 @@ def envelope_of(message: Message, registry: SchemaRegistry) -> dict[str, Any]:
         "position": message.position,
         "predecessors": message.predecessors,
         "correlation_id": message.correlation_id,
+        "traceparent": message.traceparent,
+        "tracestate": message.tracestate,
     }

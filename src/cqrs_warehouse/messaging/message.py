@@ -43,6 +43,9 @@ class Message:
     #: The correlation id of the request that wrote it, when a listener
     #: received it (a handler's batch form runs commands and logs under it).
     correlation_id: str | None = field(default=None, compare=False, repr=False)
+    #: The W3C trace context it travels with (``tracing``), when a listener received it.
+    traceparent: str | None = field(default=None, compare=False, repr=False)
+    tracestate: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def routing_key(self) -> str:

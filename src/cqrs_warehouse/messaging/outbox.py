@@ -23,6 +23,7 @@ from .errors import NotInTransactionError, OutboxError
 from .message import Message
 from .schemas import SchemaRegistry
 from .storage.outbox import OutboxStore
+from .tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +40,14 @@ class Outbox:
         registry: SchemaRegistry,
         *,
         wake_drain: Callable[[], None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.database = database
         self.store = store
         self.registry = registry
         self.wake_drain = None if store.wakes_drain else wake_drain
         self._state = threading.local()
+        self.tracing = tracing or Tracing()
 
     def append(self, message: Message) -> Message:
         """Store ``message``; returns it as listeners will receive it."""
@@ -56,7 +59,8 @@ class Outbox:
         payload = self.registry.encode(message.type, message.schema_version, message.payload)
         if message.stream is not None and (message.position is None or message.position < 1):
             raise OutboxError(f"message {message.id} has a stream but no position >= 1")
-        predecessors = self.store.append(message, payload, correlation_id.get())
+        with self.tracing.writing(message.routing_key) as trace_context:
+            predecessors = self.store.append(message, payload, correlation_id.get(), trace_context)
         self._state.appended = True
         return message if predecessors is None else replace(message, predecessors=predecessors)
 
@@ -130,6 +134,8 @@ class Outbox:
                 position=record.position,
                 predecessors=json.loads(record.predecessors) if record.predecessors else None,
                 correlation_id=record.correlation_id,
+                traceparent=record.traceparent,
+                tracestate=record.tracestate,
             )
             for record in self.store.pending(limit)
         ]

@@ -18,6 +18,7 @@ import falcon
 
 from .. import logs
 from ..messaging.metrics import StateCollector
+from ..messaging.tracing import Tracing
 from ..runtime import Runtime, build
 from . import openapi
 from .errors import add_error_handlers
@@ -33,13 +34,14 @@ _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)
 def create_app(runtime: Runtime) -> falcon.App:
     settings, database = runtime.settings, runtime.database
     metrics = HttpMetrics()
-    app = falcon.App(
-        middleware=[  # type: ignore[arg-type]
+    app = _app(
+        runtime.tracing,
+        middleware=[
             RequestContext(metrics),
             DatabaseConnection(database),
             Hardening(api_token=settings.api_token, max_body_bytes=settings.max_body_bytes),
             Idempotency(runtime.outbox, settings.idempotency_key_ttl),  # after the checks
-        ]
+        ],
     )
     # Falcon's default JSON handler builds a json.JSONEncoder per response;
     # this one is built once and writes the same bytes (docs/decisions/0015).
@@ -81,6 +83,21 @@ def app_from_environment() -> falcon.App:
     # What lives as long as the process is kept out of the collector's full
     # collections (docs/decisions/0008-gc-freeze.md).
     gc.freeze()
+    return app
+
+
+def _app(tracing: Tracing, **options: Any) -> falcon.App:
+    """A falcon.App, with OpenTelemetry's Falcon instrumentation when traces are
+    on: its HTTP span honours a client's ``traceparent`` and names the route.
+    (Its app class taken directly, so that each app gets its runtime's tracer
+    provider; ``FalconInstrumentor`` patches ``falcon.App`` once per process.)"""
+    if tracing.provider is None:
+        return falcon.App(**options)
+    from opentelemetry.instrumentation.falcon import _InstrumentedFalconAPI
+
+    app: falcon.App = _InstrumentedFalconAPI(
+        **options, _otel_opts={"tracer_provider": tracing.provider}
+    )
     return app
 
 

@@ -101,10 +101,11 @@ class Engine:
         envelopes need ``retry_later`` unless ``final``. ``verified``: taken
         back from the database, their signatures were checked on arrival.
         """
-        if len(envelopes) == 1:
-            return [self._one(spec, envelopes[0], attempt, final, verified)]
-        assert final or retry_later is not None, "a batch needs retry_later unless final"
-        return self._batch(spec, envelopes, attempt, final, retry_later, verified)
+        with self.outbox.tracing.applying(spec.name, envelopes, replayed=verified):
+            if len(envelopes) == 1:
+                return [self._one(spec, envelopes[0], attempt, final, verified)]
+            assert final or retry_later is not None, "a batch needs retry_later unless final"
+            return self._batch(spec, envelopes, attempt, final, retry_later, verified)
 
     def replay(self, spec: ListenerSpec, letter: DeadLetter) -> Outcome:
         """Apply a dead letter to its listener again, now, as its last attempt;
@@ -114,9 +115,8 @@ class Engine:
         message refused while the keys were wrong (a rotation gone wrong) is
         applied once they are right; a forged one is refused again."""
         envelope = letter.envelope_dict
-        outcome = self._one(
-            spec, envelope, letter.attempts + 1, final=True, verified=not letter.untrusted
-        )
+        with self.outbox.tracing.applying(spec.name, [envelope], replayed=True):
+            outcome = self._one(spec, envelope, letter.attempts + 1, True, not letter.untrusted)
         if outcome not in (Outcome.DEAD_LETTERED, Outcome.DROPPED):
             letter.delete_instance()
         return outcome

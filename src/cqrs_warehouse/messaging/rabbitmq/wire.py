@@ -17,6 +17,7 @@ import pika
 
 from ..signing import SIGNATURE, MessageKeys
 from ..storage.outbox import OutboxRow
+from ..tracing import TRACEPARENT, TRACESTATE
 
 #: AMQP content type that marks a body as one of our Avro messages.
 AVRO_CONTENT_TYPE = "application/avro"
@@ -38,6 +39,10 @@ def properties_of(row: OutboxRow, keys: MessageKeys) -> pika.BasicProperties:
         if row.predecessors:
             signed["predecessors"] = headers["predecessors"] = json.loads(row.predecessors)
     headers[SIGNATURE] = keys.sign(signed, bytes(row.payload))
+    if row.traceparent is not None:  # not signed: it decides nothing (messaging/tracing.py)
+        headers[TRACEPARENT] = row.traceparent
+        if row.tracestate:
+            headers[TRACESTATE] = row.tracestate
     return pika.BasicProperties(
         content_type=AVRO_CONTENT_TYPE,
         delivery_mode=2,
@@ -63,4 +68,6 @@ def envelope_of_delivery(properties: pika.BasicProperties, body: bytes) -> dict[
         "predecessors": headers.get("predecessors"),
         "correlation_id": properties.correlation_id,
         SIGNATURE: headers.get(SIGNATURE),
+        TRACEPARENT: headers.get(TRACEPARENT),
+        TRACESTATE: headers.get(TRACESTATE),
     }

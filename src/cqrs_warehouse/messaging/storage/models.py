@@ -48,6 +48,8 @@ class OutboxRecord(Model):
     created_at = peewee.DateTimeField(default=utcnow)
     correlation_id = peewee.CharField(max_length=64, null=True)
     predecessors = peewee.TextField(null=True)
+    traceparent = peewee.CharField(max_length=64, null=True)  # the W3C trace context (tracing.py)
+    tracestate = peewee.CharField(max_length=512, null=True)
 
     class Meta:
         table_name = "messaging_outbox"
@@ -104,6 +106,8 @@ class HeldMessage(Model):
     required = peewee.BigIntegerField()  # the position that must be applied first
     held_at = peewee.DateTimeField(default=utcnow)
     correlation_id = peewee.CharField(max_length=64, null=True)
+    traceparent = peewee.CharField(max_length=64, null=True)
+    tracestate = peewee.CharField(max_length=512, null=True)
 
     class Meta:
         table_name = "messaging_held_messages"
@@ -121,6 +125,8 @@ class HeldMessage(Model):
             predecessors=json.loads(self.predecessors) if self.predecessors else None,
             written_version=self.written_version,
             correlation_id=self.correlation_id,
+            traceparent=self.traceparent,
+            tracestate=self.tracestate,
         )
 
 

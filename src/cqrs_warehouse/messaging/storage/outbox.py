@@ -30,6 +30,8 @@ class OutboxRow(NamedTuple):
     position: int | None
     correlation_id: str | None
     predecessors: str | None  # JSON text
+    traceparent: str | None  # the W3C trace context of the write (messaging/tracing.py)
+    tracestate: str | None
 
 
 _ROW_FIELDS = [getattr(OutboxRecord, name) for name in OutboxRow._fields]
@@ -42,7 +44,11 @@ class OutboxStore:
     wakes_drain = False
 
     def append(
-        self, message: Message, payload: bytes, correlation_id: str | None
+        self,
+        message: Message,
+        payload: bytes,
+        correlation_id: str | None,
+        trace_context: tuple[str | None, str | None] = (None, None),
     ) -> dict[str, int] | None:
         """Store ``message`` (its Avro ``payload``) in the open transaction;
         returns its predecessors: for each routing key, the stream's last
@@ -66,6 +72,8 @@ class OutboxStore:
             position=message.position,
             correlation_id=correlation_id,
             predecessors=None if predecessors is None else json.dumps(predecessors),
+            traceparent=trace_context[0],
+            tracestate=trace_context[1],
         ).execute()
         return predecessors
 
@@ -140,7 +148,11 @@ class PostgresOutboxStore(OutboxStore):
         self._sql: tuple[str, str, str] | None = None
 
     def append(
-        self, message: Message, payload: bytes, correlation_id: str | None
+        self,
+        message: Message,
+        payload: bytes,
+        correlation_id: str | None,
+        trace_context: tuple[str | None, str | None] = (None, None),
     ) -> dict[str, int] | None:
         in_stream, plain, _ = self._statements()
         values = {
@@ -152,6 +164,8 @@ class PostgresOutboxStore(OutboxStore):
             "position": message.position,
             "created_at": utcnow(),
             "correlation_id": correlation_id,
+            "traceparent": trace_context[0],
+            "tracestate": trace_context[1],
             "routing_key": message.routing_key,
             "channel": self.notify_channel,
         }
@@ -185,9 +199,10 @@ def _postgres_statements() -> tuple[str, str, str]:
     heads, outbox = qualified_name(StreamHead), qualified_name(OutboxRecord)
     insert = (
         f"INSERT INTO {outbox} (message_id, type, schema_version, payload, stream, "
-        "position, created_at, correlation_id, predecessors) "
+        "position, created_at, correlation_id, traceparent, tracestate, predecessors) "
         "VALUES (%(message_id)s, %(type)s, %(schema_version)s, %(payload)s, %(stream)s, "
-        "%(position)s, %(created_at)s, %(correlation_id)s, {predecessors}) "
+        "%(position)s, %(created_at)s, %(correlation_id)s, %(traceparent)s, %(tracestate)s, "
+        "{predecessors}) "
         "RETURNING predecessors"
     )
     in_stream = (

@@ -123,6 +123,8 @@ class Positions:
                 written_version=message.written_version,
                 payload=payload,
                 correlation_id=correlation_id,
+                traceparent=message.traceparent,
+                tracestate=message.tracestate,
                 predecessors=json.dumps(message.predecessors) if message.predecessors else None,
                 required=required,
             )
