@@ -20,7 +20,7 @@ COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 DEFINITIONS = json.loads((ROOT / "docker" / "rabbitmq" / "definitions.json").read_text("utf-8"))
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
-PINNED = re.compile(r":\d+\.\d+(\.\d+)?(-[a-z0-9-]+)?$")  # a version's tag, not "3-..."
+PINNED = re.compile(r":v?\d+\.\d+(\.\d+)?(-[a-z0-9-]+)?$")  # a version's tag, not "3-..."
 
 
 def test_base_images_are_pinned_by_version_tag():

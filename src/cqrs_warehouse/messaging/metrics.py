@@ -5,8 +5,8 @@ its own (the runtime's); in Prometheus's multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR``) the counts of every process add up in one
 exposition whatever the registry. ``StateCollector`` reads, at scrape time,
 what no single process counts: the outbox's depth and the age of its oldest
-row, dead letters per listener, and how many messages wait in each
-listener's queue (its lag behind the newest event).
+row, dead letters per listener, how many messages wait in each
+listener's queue (its lag behind the newest event) and how many consumers it has.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ class Metrics:
         self.published = Counter(
             "cqrs_outbox_published_total", "Messages the drain published.", registry=self.registry
         )
+        self.consistent_reads = Counter(
+            "cqrs_consistent_reads_total",
+            "Reads with a consistency token, by outcome (applied, timed_out, busy).",
+            ["outcome"],
+            registry=self.registry,
+        )
         # prometheus_client converts label values and takes a lock on every
         # .labels() call; the set of (listener, outcome) pairs stays small.
         self._children: dict[tuple[str, str], Any] = {}
@@ -49,6 +55,9 @@ class Metrics:
     def count_published(self, count: int) -> None:
         self.published.inc(count)
 
+    def count_consistent_read(self, outcome: str) -> None:
+        self.consistent_reads.labels(outcome).inc()
+
 
 class StateCollector(Collector):
     """Gauges computed from the database and the broker at scrape time."""
@@ -58,7 +67,7 @@ class StateCollector(Collector):
         *,
         outbox_status: Callable[[], tuple[int, float | None]],
         dead_letters: Callable[[], dict[str, int]],
-        queue_depths: Callable[[], dict[str, int]],
+        queue_depths: Callable[[], dict[str, tuple[int, int | None]]],
     ) -> None:
         self.outbox_status = outbox_status
         self.dead_letters = dead_letters
@@ -89,8 +98,16 @@ class StateCollector(Collector):
                 "Messages waiting in a listener's queue: its lag behind the newest event.",
                 labels=["listener"],
             )
-            for listener, count in sorted(self.queue_depths().items()):
+            consumers = GaugeMetricFamily(
+                "cqrs_listener_consumers",
+                "Consumers of a listener's queue (RabbitMQ only): 0 means nothing applies it.",
+                labels=["listener"],
+            )
+            for listener, (count, consuming) in sorted(self.queue_depths().items()):
                 lag.add_metric([listener], count)
+                if consuming is not None:
+                    consumers.add_metric([listener], consuming)
             yield lag
+            yield consumers
         except Exception:
             logger.warning("could not read the listener queues for metrics", exc_info=True)

@@ -25,8 +25,9 @@ class Transport(Protocol):
     def check(self) -> None:
         """Raise unless the broker can be reached now (readiness)."""
 
-    def queue_depths(self, queues: Mapping[str, str]) -> dict[str, int]:
-        """Messages waiting in each listener's queue: {label: count}."""
+    def queue_depths(self, queues: Mapping[str, str]) -> dict[str, tuple[int, int | None]]:
+        """Messages waiting in each listener's queue and its consumers (None where
+        the transport cannot tell): {label: (count, consumers)}."""
 
     def start(self) -> Any:
         """Run once a worker starts in this process."""

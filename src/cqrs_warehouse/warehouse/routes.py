@@ -20,6 +20,7 @@ def routes(warehouse: Warehouse, runtime: Any) -> list[Route]:
         runtime.consistency,
         listener=views[0].name if views else "products_view",
         timeout=runtime.settings.consistency_timeout,
+        metrics=runtime.metrics,
     )
     body = BodyValidator(QUANTITY_COMMAND)
     commands = warehouse.commands

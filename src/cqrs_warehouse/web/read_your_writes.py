@@ -17,6 +17,7 @@ import falcon
 
 from cqrs_warehouse.messaging.consistency import Consistency
 from cqrs_warehouse.messaging.errors import ConsistencyBusyError
+from cqrs_warehouse.messaging.metrics import Metrics
 
 from .openapi import CONSISTENCY_TOKEN_PATTERN
 
@@ -24,8 +25,16 @@ _TOKEN = re.compile(CONSISTENCY_TOKEN_PATTERN)
 
 
 class ReadYourWrites:
-    def __init__(self, consistency: Consistency, *, listener: str, timeout: float) -> None:
+    def __init__(
+        self,
+        consistency: Consistency,
+        *,
+        listener: str,
+        timeout: float,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.consistency = consistency
+        self.metrics = metrics or Metrics()  # counts the outcomes (cqrs_consistent_reads_total)
         self.listener = listener
         self.timeout = timeout
 
@@ -45,11 +54,13 @@ class ReadYourWrites:
         try:
             applied = self.consistency.wait_for(self.listener, token, self.timeout)
         except ConsistencyBusyError as error:
+            self.metrics.count_consistent_read("busy")
             raise falcon.HTTPServiceUnavailable(
                 title="Too many waiting reads.",
                 description=f"{error}; retry, or read without the token.",
                 retry_after=1,
             ) from None
+        self.metrics.count_consistent_read("applied" if applied else "timed_out")
         if not applied:
             raise falcon.HTTPServiceUnavailable(
                 title="Not consistent yet.",

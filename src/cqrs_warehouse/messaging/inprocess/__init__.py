@@ -64,10 +64,10 @@ class InProcessTransport:
     def check(self) -> None:
         """Nothing to reach: the broker is in this process."""
 
-    def queue_depths(self, queues: Mapping[str, str]) -> dict[str, int]:
+    def queue_depths(self, queues: Mapping[str, str]) -> dict[str, tuple[int, int | None]]:
         stub = cast(StubBroker, self.broker)
-        return {
-            label: stub.queues[queue].qsize()
+        return {  # (A stub queue has no consumers to count.)
+            label: (stub.queues[queue].qsize(), None)
             for label, queue in queues.items()
             if queue in stub.queues
         }

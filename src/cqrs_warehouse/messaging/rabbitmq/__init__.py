@@ -73,8 +73,8 @@ class RabbitmqTransport:
         """Raise unless RabbitMQ accepts a connection now."""
         ping(self.parameters)
 
-    def queue_depths(self, queues: Mapping[str, str]) -> dict[str, int]:
-        """Messages waiting in each queue (and its delay queue): {label: count}."""
+    def queue_depths(self, queues: Mapping[str, str]) -> dict[str, tuple[int, int | None]]:
+        """Messages waiting in each queue (and its delay queue), and its consumers."""
         return queue_depths(self.parameters, queues)
 
     def start(self) -> None:

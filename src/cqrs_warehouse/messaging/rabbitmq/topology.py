@@ -46,11 +46,11 @@ def ping(parameters: Any) -> None:
     _short_lived(parameters).close()
 
 
-def queue_depths(parameters: Any, queues: Mapping[str, str]) -> dict[str, int]:
-    """Messages ready in each queue plus its delay queue: {label: count}
-    (0 for a queue that does not exist yet)."""
+def queue_depths(parameters: Any, queues: Mapping[str, str]) -> dict[str, tuple[int, int | None]]:
+    """(messages ready in each queue plus its delay queue, its consumers):
+    {label: (count, consumers)}; (0, 0) for a queue that does not exist yet."""
     stats = queue_stats(parameters, list(queues.values()))
-    return {label: (stats[queue] or (0, 0))[0] for label, queue in queues.items()}
+    return {label: stats[queue] or (0, 0) for label, queue in queues.items()}
 
 
 def queue_stats(
