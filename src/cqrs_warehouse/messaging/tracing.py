@@ -67,6 +67,9 @@ class Tracing:
         self.provider = provider
         self.enabled = provider is not None
         self._tracer = provider.get_tracer("cqrs_warehouse") if provider is not None else None
+        # Off, each seam hands back one of these (reusable: a nullcontext keeps no state).
+        self._no_context: nullcontext[TraceContext] = nullcontext(_NONE)
+        self._nothing: nullcontext[None] = nullcontext()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Tracing:
@@ -118,7 +121,7 @@ class Tracing:
     def writing(self, routing_key: str) -> AbstractContextManager[TraceContext]:
         """The span of an outbox write; gives the context to keep with the row."""
         if self._tracer is None:
-            return nullcontext(_NONE)
+            return self._no_context
         return self._writing(routing_key)
 
     @contextmanager
@@ -184,7 +187,7 @@ class Tracing:
         trace when they share one (unless ``replayed``: taken back from the
         database), linked to each message's trace."""
         if self._tracer is None:
-            return nullcontext()
+            return self._nothing
         contexts = [
             _parent(e.get(TRACEPARENT), e.get(TRACESTATE)) for e in envelopes if isinstance(e, dict)
         ]
