@@ -30,8 +30,9 @@ class OutboxRow(NamedTuple):
     position: int | None
     correlation_id: str | None
     predecessors: str | None  # JSON text
-    traceparent: str | None  # the W3C trace context of the write (messaging/tracing.py)
-    tracestate: str | None
+    # The W3C trace context of the write (messaging/tracing.py); none when traces are off.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 _ROW_FIELDS = [getattr(OutboxRecord, name) for name in OutboxRow._fields]
