@@ -45,6 +45,7 @@ PROCESS_VARIABLES = (
     "GUNICORN_THREADS",
     "GUNICORN_ACCESS_LOG",
     "LOG_FORMAT",
+    "LOG_LEVEL",
     "PROMETHEUS_MULTIPROC_DIR",
     "prometheus_multiproc_dir",
     "dramatiq_prom_host",
