@@ -138,7 +138,7 @@ def build_template(postgres: Postgres) -> str:
             cursor.execute("ANALYZE")
             for table, insert in _rows(scale=1):
                 cursor.execute("BEGIN")
-                rebuild = _drop_indexes(cursor, table)
+                rebuild = drop_indexes(cursor, f"messaging.{table}")
                 cursor.execute(insert)
                 for statement in rebuild:
                     cursor.execute(statement)
@@ -149,23 +149,22 @@ def build_template(postgres: Postgres) -> str:
     return name
 
 
-def _drop_indexes(cursor: psycopg2.extensions.cursor, table: str) -> list[str]:
-    """Drop ``table``'s indexes (its primary key's constraint included); returns
-    the statements that build them again, as they were."""
+def drop_indexes(cursor: psycopg2.extensions.cursor, table: str) -> list[str]:
+    """Drop the indexes of ``table`` (as SQL, with its schema), its primary key's
+    constraint included; returns the statements that build them again, as they were."""
     cursor.execute(
         "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), c.conname, "
         "pg_get_constraintdef(c.oid) FROM pg_index i "
         "LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid "
         "WHERE i.indrelid = %s::regclass",
-        (f"messaging.{table}",),
+        (table,),
     )
     rebuild: list[str] = []
     for index, definition, constraint, constraint_definition in cursor.fetchall():
         if constraint:
-            cursor.execute(f'ALTER TABLE messaging.{table} DROP CONSTRAINT "{constraint}"')
+            cursor.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{constraint}"')
             rebuild.append(
-                f'ALTER TABLE messaging.{table} ADD CONSTRAINT "{constraint}" '
-                f"{constraint_definition}"
+                f'ALTER TABLE {table} ADD CONSTRAINT "{constraint}" {constraint_definition}'
             )
         else:
             cursor.execute(f"DROP INDEX {index}")
