@@ -1,5 +1,5 @@
 """Each hot statement keeps an index path on tables of production size,
-whatever the statistics say (docs/decisions/0021-plans-that-hold.md).
+whatever the statistics say (docs/decisions/0021-tables-at-scale.md).
 
 The code's own calls run on a copy of ``large_tables``' database, inside a
 transaction that is rolled back, with auto_explain logging the plan of every
