@@ -59,6 +59,11 @@ class Knobs:
     backlog_deadline_large_s: float = 62.0
     backlog_fill_parts: int = 2  # parallel processes writing the backlog
 
+    # The service once its tables grew (scenarios/grown.py): a burst written
+    # with the workers stopped, and SKUs added to every table.
+    burst: int = 100_000
+    grown_skus: int = 1_000_000
+
     # Bare Dramatiq actor: messages enqueued before its workers start.
     bare_actor_messages: int = 20_000
     bare_actor_deadline_s: float = 60.0
@@ -89,6 +94,8 @@ QUICK = replace(
     backlog_deadline_small_s=20.0,
     backlog_deadline_large_s=30.0,
     bare_actor_messages=3_000,
+    burst=5_000,
+    grown_skus=50_000,
     amqp_single_messages=500,
     amqp_batched_messages=3_000,
     profile_seconds=5.0,

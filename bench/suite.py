@@ -22,20 +22,21 @@ from . import infra
 from .context import Context, log, suite_run
 from .knobs import Knobs
 from .results import Environment, Results
-from .scenarios import api, backlog, baselines, latency, pipeline
+from .scenarios import api, backlog, baselines, grown, latency, pipeline
 from .service import build_migrated_template, build_seeded_template
 
 # PostgreSQL settings that move these figures most (every listener transaction commits).
 POSTGRES_SETTINGS = ("fsync", "synchronous_commit", "shared_buffers", "max_connections")
 
 # The scenarios that start from the seeded template.
-SEEDED_SCENARIOS = ("service", "latency", "scaling")  # (name prefixes)
+SEEDED_SCENARIOS = ("service", "latency", "scaling", "sustained")  # (name prefixes)
 
 Scenario = Callable[[Context], dict[str, float]]
 
 
 def scenarios(templates: backlog.Templates) -> list[tuple[str, Scenario]]:
     knobs = templates.ctx.knobs
+    tables = grown.GrownTemplates(templates.ctx)
     return [
         ("raw AMQP publishing", baselines.amqp),
         ("bare Falcon + PostgreSQL", baselines.bare_falcon),
@@ -46,6 +47,16 @@ def scenarios(templates: backlog.Templates) -> list[tuple[str, Scenario]]:
         ("latency at fixed rate", latency.run),
         ("latency at fixed rate, fewer worker threads", latency.run_few_threads),
         ("scaling layouts", pipeline.scaling),
+        (
+            f"latency after a burst of {knobs.burst:,}",
+            lambda ctx: grown.after_burst(ctx, tables),
+        ),
+        (
+            f"latency with {knobs.grown_skus:,} SKUs more",
+            lambda ctx: grown.grown_tables(ctx, tables),
+        ),
+        ("sustained commands/s, bare chain", grown.sustained_chain),
+        ("sustained commands/s, service", grown.sustained),
         (
             f"backlog {knobs.backlog_small:,}",
             lambda ctx: backlog.run(ctx, templates, knobs.backlog_small),

@@ -59,11 +59,12 @@ class Templates:
             url = self.ctx.postgres.create(name, template=previous)
             self.databases[size] = name
             started = time.monotonic()
-            self._fill(url, previous_size, size)
+            self.fill(url, previous_size, size)
             self.fill_seconds[size] = time.monotonic() - started
             previous_size, previous = size, name
 
-    def _fill(self, url: str, start: int, stop: int) -> None:
+    def fill(self, url: str, start: int, stop: int) -> None:
+        """Commands ``start`` to ``stop`` - 1 of bench.fill_outbox into ``url``'s outbox."""
         knobs = self.ctx.knobs
         env = service_env(
             {

@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 
 import pika.exceptions
 import requests
@@ -220,12 +221,11 @@ def _require_only_ok(result: dict, what: str) -> None:
         raise RuntimeError(f"{what}: answers other than 200: {result['statuses']}")
 
 
-def bare_chain(ctx: Context) -> dict[str, float]:
-    """The floor: the same load, measured the same way, through the bare chain
-    of the stack's hops (``baselines/bare_chain.py``), one bare listener per
-    service listener."""
-    knobs = ctx.knobs
-    name = f"{ctx.tag}_bare_chain"
+@contextlib.contextmanager
+def bare_chain_running(ctx: Context, name: str) -> Iterator[tuple[int, AppliedWatcher, float]]:
+    """The bare chain of the stack's hops (``baselines/bare_chain.py``), one bare
+    listener per service listener, started and probed: (API port, the watcher
+    of its listeners' commits, the watcher's resolution in ms)."""
     prefix = f"{name}_"
     listeners = tuple(chain.listener_names(len(ctx.routing.listeners)))
     url = ctx.postgres.create(name)
@@ -275,19 +275,7 @@ def bare_chain(ctx: Context) -> dict[str, float]:
         eventually(probed, timeout=60, interval=0.1)
         settle(ctx, name)
         watcher.seen = []
-        result = paced_load(ctx, port, start_position=0)  # the chain counts from 1
-        expected = result["answered"]
-
-        def all_applied() -> None:
-            counts: dict[str, int] = defaultdict(int)
-            for _, payload in seen_by.seen:
-                counts[payload.split(" ")[0]] += 1
-            assert all(counts[listener] >= expected for listener in listeners), (
-                f"the bare chain applied {dict(counts)} of {expected}"
-            )
-
-        eventually(all_applied, timeout=knobs.latency_settle, interval=0.1)
-        seen = list(watcher.seen)
+        yield port, watcher, resolution_ms
     finally:
         if watcher is not None:
             watcher.close()
@@ -295,6 +283,26 @@ def bare_chain(ctx: Context) -> dict[str, float]:
             service.terminate()
         ctx.postgres.drop(name)
         delete_from_broker(queues, [chain.exchange_name(prefix)], url=ctx.broker_url)
+
+
+def bare_chain(ctx: Context) -> dict[str, float]:
+    """The floor: the same load, measured the same way, through the bare chain."""
+    knobs = ctx.knobs
+    listeners = tuple(chain.listener_names(len(ctx.routing.listeners)))
+    with bare_chain_running(ctx, f"{ctx.tag}_bare_chain") as (port, watcher, resolution_ms):
+        result = paced_load(ctx, port, start_position=0)  # the chain counts from 1
+        expected = result["answered"]
+
+        def all_applied() -> None:
+            counts: dict[str, int] = defaultdict(int)
+            for _, payload in watcher.seen:
+                counts[payload.split(" ")[0]] += 1
+            assert all(counts[listener] >= expected for listener in listeners), (
+                f"the bare chain applied {dict(counts)} of {expected}"
+            )
+
+        eventually(all_applied, timeout=knobs.latency_settle, interval=0.1)
+        seen = list(watcher.seen)
     figures = latencies(result["records"], seen, listeners)
     return {
         "bare_chain.p50_ms": figures["latency.worst.p50_ms"],

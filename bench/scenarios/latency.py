@@ -184,9 +184,22 @@ def run_few_threads(ctx: Context) -> dict[str, float]:
     return _run(ctx, threads=ctx.knobs.latency_worker_threads, prefix="latency_t")
 
 
-def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
+def _run(
+    ctx: Context,
+    *,
+    threads: int | None,
+    prefix: str,
+    template: str | None = None,
+    drain_first: bool = False,
+) -> dict[str, float]:
+    """``template``: another database to start from than the seeded template;
+    ``drain_first``: start the workers, and wait until they applied what
+    the template's outbox holds, before the trigger and the load."""
     knobs = ctx.knobs
-    with installed(ctx, prefix) as service:
+    with installed(ctx, prefix, template=template) as service:
+        if drain_first:
+            service.start_workers(threads=threads)
+            service.wait_all_applied(timeout=900)
         infra.execute(
             ctx.postgres,
             service.name,
@@ -201,7 +214,8 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
         try:
             resolution_ms = calibrate(service.database_url, watcher)
             port = service.start_api()
-            service.start_workers(threads=threads)
+            if not service.workers:
+                service.start_workers(threads=threads)
             service.probe()
             settle(ctx, service.name)
             routed = RoutedWatcher(ctx.broker_url, service.exchange, watcher.seen)

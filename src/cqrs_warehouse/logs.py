@@ -1,7 +1,9 @@
 """Logging for every process: JSON lines when stderr is not a terminal, text
 when it is (LOG_FORMAT=json|text overrides), each line carrying the context
 fields (correlation id, message id and type, listener), and any password in
-a URL masked. Called once by the CLI, the web app factory and the worker module.
+a URL masked; the service's own lines from LOG_LEVEL up (INFO: a line per
+batch the drain publishes or a listener applies; DEBUG: a line per message
+too). Called once by the CLI, the web app factory and the worker module.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 from .messaging.context import ContextFilter
+from .messaging.errors import ConfigurationError
 from .settings import redact_url
 
 _FIELDS = "%(correlation_id)s %(trace_id)s %(span_id)s %(message_id)s %(message_type)s %(listener)s"
@@ -59,12 +62,29 @@ def wants_json() -> bool:
     return not (stream is not None and stream.isatty())
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ACTORS = "cqrs_warehouse.messaging.listening.actors"
+
+
+def service_level() -> int:
+    """LOG_LEVEL: the level of the service's own loggers (libraries stay at INFO)."""
+    raw = os.environ.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    if raw not in LEVELS:
+        raise ConfigurationError(f"LOG_LEVEL={raw!r} must be one of {', '.join(LEVELS)}")
+    return int(getattr(logging, raw))
+
+
 def configure(level: int = logging.INFO) -> None:
     """Format the root logger's handlers (adding one on stderr if it has none)."""
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler())
     root.setLevel(level)
+    service = service_level()
+    logging.getLogger("cqrs_warehouse").setLevel(service)
+    # Dramatiq's actor loggers carry the actors' module name; their DEBUG lines
+    # (every message's arguments) are the library's, not the service's.
+    logging.getLogger(ACTORS).setLevel(max(service, logging.INFO))
     formatter: logging.Formatter
     if wants_json():
         formatter = JsonFormatter(

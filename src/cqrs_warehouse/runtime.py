@@ -34,6 +34,7 @@ from .messaging.metrics import Metrics
 from .messaging.outbox import Outbox
 from .messaging.rabbitmq import RabbitmqTransport
 from .messaging.rabbitmq.routes import Routes
+from .messaging.retention import Retention
 from .messaging.routing import RoutingConfig, load_routing
 from .messaging.routing_lint import Finding, check
 from .messaging.schemas import SchemaRegistry
@@ -261,6 +262,11 @@ class _Actors:
             tracing=runtime.tracing,
         )
         drain_queue = settings.prefixed("outbox_drain")
+        self.retention = Retention(
+            runtime.database,
+            processed=settings.processed_messages_retention,
+            archive=settings.archive_retention,
+        )
         self.drain_actor = declare_drain_actor(broker, self.drain.run, queue_name=drain_queue)
         self.waker = DrainWaker(
             database=runtime.database,
@@ -270,9 +276,13 @@ class _Actors:
             drain_queue=drain_queue,
             channel=settings.notify_channel,
             sweep_interval=settings.sweep_interval,
-            on_sweep=lambda: runtime.engine.resend_ready_held(transport.send),
+            on_sweep=lambda: self._sweep(runtime, transport),
         )
         broker.add_middleware(self.waker)
+
+    def _sweep(self, runtime: Runtime, transport: Transport) -> None:
+        runtime.engine.resend_ready_held(transport.send)
+        self.retention.prune()
 
 
 def build(

@@ -45,6 +45,7 @@ PROCESS_VARIABLES = (
     "GUNICORN_THREADS",
     "GUNICORN_ACCESS_LOG",
     "LOG_FORMAT",
+    "LOG_LEVEL",
     "PROMETHEUS_MULTIPROC_DIR",
     "prometheus_multiproc_dir",
     "dramatiq_prom_host",
@@ -184,6 +185,14 @@ class Settings:
     consistency_timeout: float = variable("CONSISTENCY_TIMEOUT", 5.0, number(float, minimum=0.0))
     consistency_max_waiting: int = variable("CONSISTENCY_MAX_WAITING", 2, number(int, minimum=0))
     idempotency_key_ttl: int = variable("IDEMPOTENCY_KEY_TTL", 86400, number(int, minimum=1))
+    # How long tables keep rows, in seconds (the workers' sweep prunes them;
+    # an archive pruned cannot rebuild: unset, it keeps everything).
+    processed_messages_retention: float = variable(
+        "PROCESSED_MESSAGES_RETENTION", 604800.0, number(float, minimum=60.0)
+    )
+    archive_retention: float | None = variable(
+        "ARCHIVE_RETENTION", None, number(float, minimum=3600.0)
+    )
     # PostgreSQL only; libpq waits at least 2 s to connect. 0 means no statement or lock timeout.
     database_connect_timeout: int = variable("DATABASE_CONNECT_TIMEOUT", 5, number(int, minimum=2))
     database_statement_timeout: float = variable(

@@ -182,3 +182,25 @@ def test_a_poison_message_in_a_batch_is_dead_lettered_and_the_others_are_applied
     assert seen == [1, 2]
     [letter] = runtime.dead_letters.list("rec")
     assert (letter.message_id, letter.poison) == (poison["id"], 1)
+
+
+def test_a_batch_logs_one_line_at_info_and_a_line_per_delivery_at_debug(engine, sku, caplog):
+    seen: list[int] = []
+    spec = recorder("rec", seen)
+    [first, second, third] = increases(engine, sku, 1, 2, 3)
+
+    with caplog.at_level(logging.INFO, logger=ENGINE_LOGGER):
+        engine.apply(spec, [first, second, first], attempt=1, retry_later=Retries())
+    assert [r.getMessage() for r in caplog.records if r.name == ENGINE_LOGGER] == [
+        "listener rec: 3 delivered: 2 applied, 1 duplicate (attempt 1)"
+    ]
+
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger=ENGINE_LOGGER):
+        engine.apply(spec, [third], attempt=2)
+    lines = [r for r in caplog.records if r.name == ENGINE_LOGGER]
+    assert [(r.levelname, r.getMessage()) for r in lines] == [
+        ("DEBUG", "listener rec: applied (attempt 2)"),
+        ("INFO", "listener rec: 1 delivered: 1 applied (attempt 2)"),
+    ]
+    assert all(r.message_id and r.listener == "rec" for r in lines)

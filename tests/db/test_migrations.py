@@ -76,3 +76,27 @@ def test_a_database_that_was_not_migrated_says_so(tmp_path):
         assert isinstance(raised.value, TransientStorageError)  # retried, never dead-lettered
     finally:
         empty.database.close()
+
+
+def test_on_postgresql_the_churning_tables_get_their_own_upkeep_settings(postgres):
+    # Migration 0009: vacuum thresholds in rows, room for in-page updates.
+    url = postgres.create()
+    db = open_database(url)
+    try:
+        migrations.migrate(db, load_slices(SLICES))
+        options = {
+            name: set(reloptions or [])
+            for name, reloptions in db.execute_sql(
+                "SELECT relname, reloptions FROM pg_class WHERE relnamespace = "
+                "'messaging'::regnamespace AND relkind = 'r'"
+            ).fetchall()
+        }
+    finally:
+        db.close()
+    assert "autovacuum_vacuum_threshold=1000" in options["messaging_outbox"]
+    assert "autovacuum_vacuum_scale_factor=0" in options["messaging_outbox"]
+    for table in ("messaging_stream_positions", "messaging_stream_heads"):
+        assert "fillfactor=80" in options[table]
+    for table in ("messaging_processed_messages", "messaging_idempotency_keys"):
+        assert "autovacuum_vacuum_scale_factor=0.02" in options[table]
+    assert "autovacuum_vacuum_insert_scale_factor=0.05" in options["messaging_archive"]

@@ -165,6 +165,7 @@ def test_sigterm_to_the_workers_under_load_loses_nothing(
 # --- SIGKILL of `cqrs-warehouse serve` on the embedded default --------------------------
 
 _OUTCOME_LINE = re.compile(r"^listener (\S+): (applied|duplicate|held|unbound|dead_lettered) ")
+_PUBLISHED_LINE = re.compile(r'"message": "published [0-9a-f-]{36}"')
 _RETRY_LINE = re.compile(r"^listener (\S+): (attempt \d+ of \d+ failed|database error)")
 
 
@@ -210,7 +211,10 @@ def test_sigkill_of_serve_on_the_embedded_default_loses_no_accepted_command(
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     # No DATABASE_URL, BROKER_URL nor SLICES: the embedded default.
-    env = service_env({"LISTENERS_CONFIG": str(LISTENERS_CONFIG), "LOG_FORMAT": "json"})
+    # LOG_LEVEL=DEBUG: the outcomes are counted from the lines about each message.
+    env = service_env(
+        {"LISTENERS_CONFIG": str(LISTENERS_CONFIG), "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"}
+    )
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     args = [str(BIN / "cqrs-warehouse"), "serve", "--bind", f"127.0.0.1:{port}"]
@@ -255,7 +259,7 @@ def test_sigkill_of_serve_on_the_embedded_default_loses_no_accepted_command(
                 1
                 for s in services
                 for line in s.output().splitlines()
-                if '"message": "published ' in line
+                if _PUBLISHED_LINE.search(line)
             )
             assert_load_exercised(report)
         finally:

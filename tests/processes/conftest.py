@@ -146,7 +146,8 @@ def operated(
     tmp_path_factory: pytest.TempPathFactory,
     rabbitmq: None,
 ) -> Iterator[Operated]:
-    yield from _operated(request, postgres, tmp_path_factory, "ops")
+    # LOG_LEVEL=DEBUG: test_logs follows one message, whose lines are DEBUG's.
+    yield from _operated(request, postgres, tmp_path_factory, "ops", {"LOG_LEVEL": "DEBUG"})
 
 
 @pytest.fixture(scope="package")

@@ -276,3 +276,28 @@ def test_serve_logs_its_urls_with_the_passwords_masked(
     assert "guest:***@" in serving[0]["message"], serving
     db_password, _ = operated.secrets
     assert db_password not in output
+
+
+def test_at_info_the_workers_log_a_line_per_batch_and_none_per_message(scenarios, sku):
+    # scenarios runs at the default LOG_LEVEL (INFO)
+    message_id = scenarios.increase(sku, 10).json()["message_id"]
+
+    def batch_lines() -> list[dict[str, Any]]:
+        assert any(product["sku"] == sku for product in scenarios.products())
+        lines = worker_lines(scenarios)
+        applied = [
+            line
+            for line in lines
+            if line.get("logger") == ENGINE
+            and re.fullmatch(
+                r"listener products_view: \d+ delivered: .*applied.* \(attempt 1\)",
+                line.get("message", ""),
+            )
+        ]
+        assert applied, "no batch line of products_view yet"
+        assert any(re.fullmatch(r"published \d+ messages", line["message"]) for line in lines)
+        return lines
+
+    lines = wait(batch_lines)
+    assert not [line for line in lines if line.get("message") == f"published {message_id}"]
+    assert not listener_lines(scenarios, message_id)

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from cqrs_warehouse.logs import RedactCredentials
+from cqrs_warehouse.logs import RedactCredentials, service_level
+from cqrs_warehouse.messaging.errors import ConfigurationError
 from tests.support.services import unique_name
 
 
@@ -70,3 +71,18 @@ def test_redact_credentials_masks_a_password_in_a_logged_exception():
         line = formatted("lost the connection", exc_info=sys.exc_info())
     assert "lost the connection" in line
     assert "hunter2" not in line, line
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("", logging.INFO), ("debug", logging.DEBUG), (" WARNING ", logging.WARNING)],
+)
+def test_log_level_sets_the_level_of_the_services_own_lines(monkeypatch, raw, expected):
+    monkeypatch.setenv("LOG_LEVEL", raw)
+    assert service_level() == expected
+
+
+def test_a_log_level_that_is_no_level_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("LOG_LEVEL", "chatty")
+    with pytest.raises(ConfigurationError, match="LOG_LEVEL='CHATTY' must be one of DEBUG"):
+        service_level()

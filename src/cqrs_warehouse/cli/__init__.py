@@ -36,8 +36,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logs.configure()
     try:
+        logs.configure()
         runtime = build(Settings.from_env(), embedded=True)
         if not getattr(args, "connect", True):
             return int(args.run(args, runtime))

@@ -66,9 +66,12 @@ class Drain:
         if after_commit is not None:
             after_commit()
         self.metrics.count_published(len(rows))
+        logger.info("published %d messages", len(rows))
+        if not logger.isEnabledFor(logging.DEBUG):
+            return len(rows)
         for row in rows:
             # The context fields of the line, as ``context.bound`` would set them.
-            logger.info(
+            logger.debug(
                 "published %s",
                 row.message_id,
                 extra={

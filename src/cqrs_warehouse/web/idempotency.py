@@ -82,6 +82,10 @@ def _delete_expired(now: datetime.datetime) -> peewee.Query:
     )
     if getattr(IdempotencyKey._meta.database, "for_update", False):
         expired = expired.for_update(skip_locked=True)  # concurrent claims skip each other's
+        # key = ANY(ARRAY(...)): one primary-key lookup per key whatever the
+        # statistics say; IN (...) may scan the table (docs/decisions/0022).
+        keys = peewee.fn.ARRAY(expired)
+        return IdempotencyKey.delete().where(IdempotencyKey.key == peewee.fn.ANY(keys))
     return IdempotencyKey.delete().where(IdempotencyKey.key.in_(expired))
 
 

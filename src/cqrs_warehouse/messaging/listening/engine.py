@@ -54,6 +54,7 @@ from ..schemas import SchemaRegistry
 from ..signing import MessageKeys
 from ..storage.positions import Positions
 from .ordering import Ordering, Outcome, batch_order, required_position
+from .outcome_lines import log_batch, log_one
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class Engine:
             # (docs/decisions/0014-yield-after-commit.md).
             time.sleep(0)
             self.metrics.count_outcome(spec.name, str(outcome))
-            logger.info("listener %s: %s (attempt %d)", spec.name, outcome, attempt)
+            log_one(logger, spec.name, outcome, attempt)
         return outcome
 
     def _decode(self, spec: ListenerSpec, envelope: Envelope, verified: bool) -> Message:
@@ -349,16 +350,10 @@ class Engine:
                     retry_later(envelopes[index], attempt)
                     outcomes[index] = Outcome.RETRIED
             return [outcomes[i] for i in range(len(envelopes))]
-        for (message, index), outcome in zip(batch, applied, strict=True):
+        for (_, index), outcome in zip(batch, applied, strict=True):
             outcomes[index] = outcome
             self.metrics.count_outcome(spec.name, str(outcome))
-            logger.info(
-                "listener %s: %s (attempt %d)",
-                spec.name,
-                outcome,
-                attempt,
-                extra=_fields(spec, message),
-            )
+        log_batch(logger, spec.name, [m for m, _ in batch], applied, attempt)
         return [outcomes[i] for i in range(len(envelopes))]
 
 

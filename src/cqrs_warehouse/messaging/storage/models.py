@@ -72,6 +72,7 @@ class ProcessedMessage(Model):
 
     listener = peewee.CharField(max_length=100)
     message_id = peewee.CharField(max_length=36)
+    applied_at = peewee.DateTimeField(default=utcnow, index=True)  # pruned after a retention
 
     class Meta:
         table_name = "messaging_processed_messages"
