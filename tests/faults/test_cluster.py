@@ -1,0 +1,180 @@
+"""Fault cases on a 3-node RabbitMQ cluster (tests/support/cluster.py), the
+service on quorum queues (QUEUE_TYPE=quorum) with the three nodes' URLs in
+BROKER_URL: a node killed and kept down, then brought back; a node stalled
+(SIGSTOP, then SIGCONT); a rolling restart of all three. Each under a steady
+command load, each ending with the suite's checks (tests/faults/checks.py).
+
+Every process connects to the first node that answers, so node 1 holds every
+connection, and it leads every queue (RabbitMQ puts a quorum queue's leader on
+the node of the connection that declares it): the node these cases strike.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.faults.cases import CLIENTS, CaseReportFactory, finish, skus_for, wait_for_part_of
+from tests.faults.conftest import StartInstallation
+from tests.faults.installation import FaultInstallation
+from tests.faults.load import Client, Load, plan
+from tests.faults.report import CaseReport
+from tests.support.cluster import Cluster, Node
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.faults
+
+QUORUM = {"QUEUE_TYPE": "quorum"}
+
+
+def on_cluster(start: StartInstallation, name: str, cluster: Cluster) -> FaultInstallation:
+    return start(name, broker_url=cluster.url, settings=QUORUM)
+
+
+def retrying_client(installation: FaultInstallation) -> Client:
+    """A client that sends a command again after a 503: the API answers 503 only
+    when PostgreSQL refuses it (a shared machine's connection limit, say), never
+    for the broker, which commands do not talk to."""
+    return Client(
+        installation.base_url, retry_statuses=frozenset({503}), max_attempts=50, retry_pause=0.1
+    )
+
+
+def assert_commands_answered(report: CaseReport) -> None:
+    """Every command attempt was answered 200, 400 or (PostgreSQL's) 503."""
+    assert set(report.commands) <= {"accepted", "refused", "unavailable"}, report.commands
+
+
+def steady_load(client: Client, skus: list[str], *, seed: int, count: int, pause: float) -> Load:
+    """``count`` commands from the suite's clients, each pausing ``pause`` s between
+    its commands: a load that lasts through the fault."""
+    return Load(client, plan(skus, count, seed=seed), clients=CLIENTS, pause=pause).start()
+
+
+def leader_of_listener_queues(cluster: Cluster, installation: FaultInstallation) -> Node:
+    members = cluster.queue_members(installation.queue_prefix)
+    leaders = {members[installation.queue(name)][0] for name in installation.listener_names}
+    assert len(leaders) == 1, f"the listener queues are led by {leaders}"
+    return cluster.node_named(leaders.pop())
+
+
+def assert_replicated(cluster: Cluster, installation: FaultInstallation) -> None:
+    """Every queue of the installation is a quorum queue with all three nodes online."""
+    everyone = {node.name for node in cluster.nodes}
+
+    def replicated() -> None:
+        members = cluster.queue_members(installation.queue_prefix)
+        for name in installation.listener_names:
+            assert members[installation.queue(name)][1] == everyone, members
+
+    eventually(replicated, timeout=90, interval=0.5)
+
+
+def test_a_killed_node_leading_the_listener_queues_loses_nothing_and_rejoins(
+    start_installation: StartInstallation, cluster: Cluster, case_report: CaseReportFactory
+) -> None:
+    down = case_report(
+        "cluster: leader killed",
+        "SIGKILL of the node leading the listener queues (and holding every connection) "
+        "under load; kept down: the load goes on and is checked on the other two nodes",
+    )
+    installation = on_cluster(start_installation, "cluster_kill", cluster)
+    assert_replicated(cluster, installation)
+    leader = leader_of_listener_queues(cluster, installation)
+    skus = skus_for("ck")
+    client = retrying_client(installation)
+    load = steady_load(client, skus, seed=21, count=240, pause=0.05)
+    try:
+        wait_for_part_of(load, 1 / 3)
+        leader.kill()
+    finally:
+        load.join()
+    finish(installation, down, client, skus)
+    assert_commands_answered(down)
+    members = cluster.queue_members(installation.queue_prefix)
+    assert leader.name not in {lead for lead, _ in members.values()}, members
+
+    back = case_report(
+        "cluster: killed node back",
+        "the killed node started again under load; it rejoins, its replicas catch up",
+    )
+    more = steady_load(client, skus, seed=22, count=240, pause=0.05)
+    try:
+        wait_for_part_of(more, 1 / 4)
+        cluster.restart(leader)
+    finally:
+        more.join()
+    cluster.wait_whole()
+    assert_replicated(cluster, installation)
+    finish(installation, back, client, skus)
+    assert_commands_answered(back)
+
+
+def test_a_stalled_node_loses_nothing(
+    start_installation: StartInstallation, cluster: Cluster, case_report: CaseReportFactory
+) -> None:
+    report = case_report(
+        "cluster: node stalled",
+        "SIGSTOP of the node leading the listener queues (and holding every connection) "
+        "for 15 s under load, then SIGCONT",
+    )
+    installation = on_cluster(start_installation, "cluster_stall", cluster)
+    assert_replicated(cluster, installation)
+    leader = leader_of_listener_queues(cluster, installation)
+    skus = skus_for("cs")
+    client = retrying_client(installation)
+    load = steady_load(client, skus, seed=23, count=300, pause=0.1)
+    others = [node for node in cluster.nodes if node is not leader]
+    try:
+        wait_for_part_of(load, 1 / 4)
+        leader.signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            # (The CLI cannot list queues meanwhile: it asks every node.)
+            def stalled_long_enough() -> None:
+                assert time.monotonic() - stopped_at >= 15 or load.done == len(load.commands)
+
+            eventually(stalled_long_enough, timeout=30, interval=0.5)
+        finally:
+            leader.signal(signal.SIGCONT)
+    finally:
+        load.join()
+    assert all(node.running for node in others)
+    cluster.wait_whole()
+    assert_replicated(cluster, installation)
+    # 15 s is less than RabbitMQ's net_ticktime (60 s): the others do not take
+    # the node for gone, and its queues wait for it rather than elect anew.
+    members = cluster.queue_members(installation.queue_prefix)
+    leaders = sorted({members[installation.queue(name)][0] for name in installation.listener_names})
+    report.notes.append(f"listener queues led afterwards by {', '.join(leaders)}")
+    finish(installation, report, client, skus)
+    assert_commands_answered(report)
+
+
+def test_a_rolling_restart_of_every_node_under_load_loses_nothing(
+    start_installation: StartInstallation, cluster: Cluster, case_report: CaseReportFactory
+) -> None:
+    report = case_report(
+        "cluster: rolling restart",
+        "each node in turn stopped (rabbitmqctl stop) and started again under load, the "
+        "next one once every listener queue has its three replicas online",
+    )
+    installation = on_cluster(start_installation, "cluster_roll", cluster)
+    assert_replicated(cluster, installation)
+    skus = skus_for("cr")
+    client = retrying_client(installation)
+    load = steady_load(client, skus, seed=24, count=600, pause=0.15)
+    try:
+        wait_for_part_of(load, 1 / 8)
+        for node in cluster.nodes:
+            cluster.stop(node)
+            cluster.restart(node)
+            cluster.wait_whole()
+            assert_replicated(cluster, installation)
+        report.notes.append(f"commands sent by the end of the restarts: {load.done}")
+    finally:
+        load.join()
+    finish(installation, report, client, skus)
+    assert_commands_answered(report)
