@@ -46,10 +46,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import pika
 import psutil
 import psycopg2
 import psycopg2.extensions
+from tests.support.services import connect
 from tests.support.waiting import eventually
 
 from .. import infra
@@ -123,7 +123,7 @@ class RoutedWatcher:
 
     def __init__(self, broker_url: str, exchange: str, seen: list[tuple[float, str]]) -> None:
         self.seen = seen
-        self.connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+        self.connection = connect(broker_url)
         channel = self.connection.channel()
         queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
         channel.queue_bind(queue, exchange, routing_key="#")
@@ -174,19 +174,20 @@ def calibrate(database_url: str, watcher: AppliedWatcher, probes: int = 50) -> f
 
 def run(ctx: Context) -> dict[str, float]:
     """The default worker layout (``-t {worker_threads}``)."""
-    return _run(ctx, threads=None, prefix="latency")
+    return measure(ctx, threads=None, prefix="latency")
 
 
 def run_few_threads(ctx: Context) -> dict[str, float]:
     """The same with ``-t {latency_worker_threads}``: listener batches leave
     little for more threads to do, and every idle thread is one more to wake
     and schedule on 2 cores."""
-    return _run(ctx, threads=ctx.knobs.latency_worker_threads, prefix="latency_t")
+    return measure(ctx, threads=ctx.knobs.latency_worker_threads, prefix="latency_t")
 
 
-def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
+def measure(ctx: Context, *, threads: int | None, prefix: str, **options: Any) -> dict[str, float]:
+    """``options``: the installation's broker and settings (``service.installed``)."""
     knobs = ctx.knobs
-    with installed(ctx, prefix) as service:
+    with installed(ctx, prefix, **options) as service:
         infra.execute(
             ctx.postgres,
             service.name,
@@ -204,7 +205,7 @@ def _run(ctx: Context, *, threads: int | None, prefix: str) -> dict[str, float]:
             service.start_workers(threads=threads)
             service.probe()
             settle(ctx, service.name)
-            routed = RoutedWatcher(ctx.broker_url, service.exchange, watcher.seen)
+            routed = RoutedWatcher(service.installation.broker_url, service.exchange, watcher.seen)
             try:
                 # The seeded template's increase was each SKU's first position.
                 result = paced_load(ctx, port, start_position=1)
