@@ -34,7 +34,8 @@ class Topology:
 
 def _short_lived(parameters: Any) -> pika.BlockingConnection:
     """A connection to the first node of ``parameters`` (one, or a list) that
-    accepts one, each tried once and given 2 s."""
+    accepts one, each tried once: 2 s to connect, 4 s to open the connection
+    (a stalled node accepts TCP connections and answers nothing)."""
     quick = []
     for params in parameters if isinstance(parameters, list) else [parameters]:
         params = copy.copy(params)
