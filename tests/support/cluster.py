@@ -267,18 +267,37 @@ class Cluster:
 
 
 def remove_leftovers() -> None:
-    """Kill the nodes of earlier runs whose process is gone; delete their folders."""
-    if not BASE.is_dir():
-        return
-    for folder in BASE.iterdir():
-        with contextlib.suppress(OSError, ValueError):
-            owner = int((folder / "owner").read_text())
-            if Path(f"/proc/{owner}").exists():
-                continue  # a run still going (another session's)
-        for node_folder in folder.glob("c*"):
-            name = f"cqrs-{folder.name}-{node_folder.name}@localhost"
-            Node(name, 0, 0, node_folder).kill()
-        shutil.rmtree(folder, ignore_errors=True)
+    """Kill the nodes of earlier runs whose process is gone (found by the node
+    name in their environment, whether or not their folder is left); delete
+    those runs' folders."""
+    for pid, name in _node_processes().items():
+        if not _owner_alive(BASE / name.split("-")[1]):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    if BASE.is_dir():
+        for folder in BASE.iterdir():
+            if not _owner_alive(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _node_processes() -> dict[int, str]:
+    """{pid: node name} of every running node of these clusters (cqrs-RUN-cN@...)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for variable in (proc / "environ").read_bytes().split(b"\0"):
+                if variable.startswith(b"RABBITMQ_NODENAME=cqrs-") and _alive(int(proc.name)):
+                    found[int(proc.name)] = variable.split(b"=", 1)[1].decode()
+    return found
+
+
+def _owner_alive(folder: Path) -> bool:
+    try:
+        return _alive(int((folder / "owner").read_text()))
+    except (OSError, ValueError):
+        return False
 
 
 def _each(nodes: Iterable[Node], action: Callable[[Node], None]) -> None:
