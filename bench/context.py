@@ -61,6 +61,7 @@ class Context:
     installations: list[Installation] = field(default_factory=list)
     #: The 3-node RabbitMQ cluster of the quorum scenario, started on first use.
     cluster: Cluster | None = None
+    quorum_runs: int = 0  # runs of the quorum scenario so far (it rotates its order)
 
     def __post_init__(self) -> None:
         infra.require_local(self.broker_url)

@@ -13,6 +13,8 @@ way for three brokers in the same run:
   three machines (where the replicas' work is elsewhere, and the network
   round trip is added instead).
 
+The variants' order rotates from one run to the next, so that none always
+follows the same one (a run's first measurement met a busier machine, once).
 Not in the default suite: ``--only quorum`` (with the baselines it should be
 read next to, e.g. ``--only quorum chain Dramatiq``).
 """
@@ -35,7 +37,9 @@ VARIANTS = (
 def run(ctx: Context) -> dict[str, float]:
     knobs = ctx.knobs
     figures: dict[str, float] = {}
-    for label, queue_type, clustered in VARIANTS:
+    first = ctx.quorum_runs % len(VARIANTS)
+    ctx.quorum_runs += 1
+    for label, queue_type, clustered in (*VARIANTS[first:], *VARIANTS[:first]):
         options = {
             "broker_url": cluster(ctx).url if clustered else ctx.broker_url,
             "settings": {"QUEUE_TYPE": queue_type},
