@@ -14,7 +14,7 @@ way for three brokers in the same run:
   round trip is added instead).
 
 The variants' order rotates from one run to the next, so that none always
-follows the same one (a run's first measurement met a busier machine, once).
+comes first or after the same one.
 Not in the default suite: ``--only quorum`` (with the baselines it should be
 read next to, e.g. ``--only quorum chain Dramatiq``).
 """
