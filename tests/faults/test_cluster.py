@@ -61,7 +61,8 @@ def leader_of_listener_queues(cluster: Cluster, installation: FaultInstallation)
 
 
 def assert_replicated(cluster: Cluster, installation: FaultInstallation) -> None:
-    """Every queue of the installation is a quorum queue with all three nodes online."""
+    """Every listener queue is a quorum queue with its three replicas online
+    (a classic queue lists no online members)."""
     everyone = {node.name for node in cluster.nodes}
 
     def replicated() -> None:
