@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tests.support.cluster import Cluster
 from tests.support.installation import Installation
 from tests.support.processes import ROOT, Service
 from tests.support.services import Postgres
@@ -58,6 +59,9 @@ class Context:
     notes: list[str] = field(default_factory=list)  # what went wrong but was recovered
     services: list[Service] = field(default_factory=list)
     installations: list[Installation] = field(default_factory=list)
+    #: The 3-node RabbitMQ cluster of the quorum scenario, started on first use.
+    cluster: Cluster | None = None
+    quorum_runs: int = 0  # runs of the quorum scenario so far (it rotates its order)
 
     def __post_init__(self) -> None:
         infra.require_local(self.broker_url)
@@ -104,6 +108,7 @@ def suite_run(knobs: Knobs, *, keep_logs: bool) -> Iterator[Context]:
     finally:
         steps: list[tuple[str, Callable[[], object]]] = [
             ("stopping processes", ctx.stop_all),
+            ("stopping the RabbitMQ cluster", lambda: ctx.cluster and ctx.cluster.close()),
             ("dropping the databases", lambda: infra.sweep_databases(ctx.postgres, tag)),
             ("deleting queues", lambda: infra.sweep_broker(tag, ctx.broker_url)),
         ]

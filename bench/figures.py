@@ -124,6 +124,30 @@ def figures(
                 digits=1,
             )
         )
+    for variant, what in (
+        ("classic1", "classic queues, 1 node"),
+        ("quorum1", "quorum queues, 1 node"),
+        ("quorum3", "quorum queues, 3-node cluster"),
+    ):
+        compared = None if variant == "classic1" else "quorum.classic1"
+        rows.append(
+            Figure(
+                f"quorum.{variant}.dps",
+                f"Deliveries/s end to end, {what} (--only quorum)",
+                "deliv/s",
+                baseline=compared and f"{compared}.dps",
+            )
+        )
+        for stat in ("p50", "p99"):
+            rows.append(
+                Figure(
+                    f"quorum.{variant}.{stat}_ms",
+                    f"  slowest listener's latency {stat} @100 cmd/s, {what}",
+                    "ms",
+                    baseline=compared and f"{compared}.{stat}_ms",
+                    digits=1,
+                )
+            )
     rows += [
         Figure(
             "latency.resolution_ms", "  latency method's own delay (probe median)", "ms", digits=2

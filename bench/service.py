@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import psycopg2.extensions
@@ -160,11 +160,14 @@ def installed(
     template: str | None = None,
     migrate: bool = False,
     keep_database: bool = False,
+    broker_url: str | None = None,
+    settings: Mapping[str, str] = {},
 ) -> Iterator[ServiceUnderTest]:
     """An installation named ``{tag}_{name}`` (database) and ``{tag}_{name}_`` (queues),
     a copy of ``template`` (default: the seeded template, else the migrated one),
     or migrated now if ``migrate``; stopped and removed on the way out, its
-    database kept if ``keep_database`` (to copy it)."""
+    database kept if ``keep_database`` (to copy it). ``broker_url`` (default the
+    run's) and ``settings``: its broker and more of its environment (QUEUE_TYPE)."""
     if not migrate:
         template = template or ctx.seeded_template or ctx.migrated_template
     installation = Installation.create(
@@ -177,11 +180,12 @@ def installed(
             "LOG_FORMAT": "json",
             "GUNICORN_THREADS": str(ctx.knobs.gunicorn_threads),
             "OUTBOX_SWEEP_INTERVAL": None,  # the service's default, not the tests'
+            **settings,
         },
         template=template,
         database_name=f"{ctx.tag}_{name}",
         queue_prefix=f"{ctx.tag}_{name}_",
-        broker_url=ctx.broker_url,
+        broker_url=broker_url or ctx.broker_url,
     )
     ctx.installations.append(installation)
     try:

@@ -22,14 +22,16 @@ from . import infra
 from .context import Context, log, suite_run
 from .knobs import Knobs
 from .results import Environment, Results
-from .scenarios import api, backlog, baselines, grown, latency, pipeline
+from .scenarios import api, backlog, baselines, grown, latency, pipeline, quorum
 from .service import build_migrated_template, build_seeded_template
 
 # PostgreSQL settings that move these figures most (every listener transaction commits).
 POSTGRES_SETTINGS = ("fsync", "synchronous_commit", "shared_buffers", "max_connections")
 
 # The scenarios that start from the seeded template.
-SEEDED_SCENARIOS = ("service", "latency", "scaling", "sustained")  # (name prefixes)
+SEEDED_SCENARIOS = ("service", "latency", "scaling", "sustained", "quorum")  # (name prefixes)
+#: Run only when ``--only`` names it (it starts a RabbitMQ cluster): scenarios/quorum.py.
+OPT_IN = "quorum queues on 1 and 3 nodes"
 
 Scenario = Callable[[Context], dict[str, float]]
 
@@ -65,6 +67,7 @@ def scenarios(templates: backlog.Templates) -> list[tuple[str, Scenario]]:
             f"backlog {knobs.backlog_large:,}",
             lambda ctx: backlog.run(ctx, templates, knobs.backlog_large),
         ),
+        (OPT_IN, quorum.run),
     ]
 
 
@@ -108,7 +111,9 @@ def run_suite(
         log(f"service logs in {ctx.log_dir}")
         templates = backlog.Templates(ctx)
         ctx.migrated_template = build_migrated_template(ctx)
-        chosen = [(n, s) for n, s in scenarios(templates) if not only or _selected(n, only)]
+        chosen = [
+            (n, s) for n, s in scenarios(templates) if (_selected(n, only) if only else n != OPT_IN)
+        ]
         if any(name.startswith(SEEDED_SCENARIOS) for name, _ in chosen):
             log(f"seeding {knobs.skus} SKUs through the service ...")
             ctx.seeded_template = build_seeded_template(ctx)

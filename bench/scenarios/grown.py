@@ -32,7 +32,7 @@ from ..loadgen import LoadRun
 from ..service import PRODUCT_STOCK, STREAM_POSITIONS, installed, qualified
 from .backlog import Templates
 from .baselines import bare_chain_running
-from .latency import _run as latency_run
+from .latency import measure as latency_run
 from .pipeline import closed_loop
 
 GROWN_PREFIX = "grown"

@@ -46,10 +46,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import pika
 import psutil
 import psycopg2
 import psycopg2.extensions
+from tests.support.services import connect
 from tests.support.waiting import eventually
 
 from .. import infra
@@ -123,7 +123,7 @@ class RoutedWatcher:
 
     def __init__(self, broker_url: str, exchange: str, seen: list[tuple[float, str]]) -> None:
         self.seen = seen
-        self.connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+        self.connection = connect(broker_url)
         channel = self.connection.channel()
         queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
         channel.queue_bind(queue, exchange, routing_key="#")
@@ -174,29 +174,30 @@ def calibrate(database_url: str, watcher: AppliedWatcher, probes: int = 50) -> f
 
 def run(ctx: Context) -> dict[str, float]:
     """The default worker layout (``-t {worker_threads}``)."""
-    return _run(ctx, threads=None, prefix="latency")
+    return measure(ctx, threads=None, prefix="latency")
 
 
 def run_few_threads(ctx: Context) -> dict[str, float]:
     """The same with ``-t {latency_worker_threads}``: listener batches leave
     little for more threads to do, and every idle thread is one more to wake
     and schedule on 2 cores."""
-    return _run(ctx, threads=ctx.knobs.latency_worker_threads, prefix="latency_t")
+    return measure(ctx, threads=ctx.knobs.latency_worker_threads, prefix="latency_t")
 
 
-def _run(
+def measure(
     ctx: Context,
     *,
     threads: int | None,
     prefix: str,
-    template: str | None = None,
     drain_first: bool = False,
+    **options: Any,
 ) -> dict[str, float]:
-    """``template``: another database to start from than the seeded template;
-    ``drain_first``: start the workers, and wait until they applied what
-    the template's outbox holds, before the trigger and the load."""
+    """``options``: the installation's (``service.installed``: another template
+    than the seeded one, a broker, settings); ``drain_first``: start the
+    workers, and wait until they applied what the template's outbox holds,
+    before the trigger and the load."""
     knobs = ctx.knobs
-    with installed(ctx, prefix, template=template) as service:
+    with installed(ctx, prefix, **options) as service:
         if drain_first:
             service.start_workers(threads=threads)
             service.wait_all_applied(timeout=900)
@@ -218,7 +219,7 @@ def _run(
                 service.start_workers(threads=threads)
             service.probe()
             settle(ctx, service.name)
-            routed = RoutedWatcher(ctx.broker_url, service.exchange, watcher.seen)
+            routed = RoutedWatcher(service.installation.broker_url, service.exchange, watcher.seen)
             try:
                 # The seeded template's increase was each SKU's first position.
                 result = paced_load(ctx, port, start_position=1)

@@ -23,6 +23,7 @@ said otherwise):
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from .. import cpu
 from ..context import Context
@@ -65,8 +66,11 @@ def start_layout(service: ServiceUnderTest, layout: str) -> None:
         raise ValueError(layout)
 
 
-def measure(ctx: Context, layout: str, *, warmup: float, window: float) -> dict[str, float]:
-    with installed(ctx, f"e2e_{layout}") as service:
+def measure(
+    ctx: Context, layout: str, *, warmup: float, window: float, name: str = "", **options: Any
+) -> dict[str, float]:
+    """``options``: the installation's broker and settings (``service.installed``)."""
+    with installed(ctx, name or f"e2e_{layout}", **options) as service:
         port = service.start_api()
         start_layout(service, layout)
         service.probe()

@@ -207,6 +207,7 @@ class Runtime:
             bindings={settings.prefixed(s.name): s.bindings for s in self.routing.listeners},
             listener_queues=[settings.prefixed(s.name) for s in self.routing.listeners],
             listener_batch_size=settings.listener_batch_size,
+            queue_type=settings.queue_type,
             database=self.database,
             prefix=settings.queue_prefix,
             owners={queue: name for name, queue in self.listener_queues().items()},

@@ -21,6 +21,8 @@ from .messaging.signing import MessageKeys
 DEFAULT_DATABASE_URL = "sqlite:///cqrs-warehouse.db"
 #: The slices an installation runs when SLICES is not set.
 DEFAULT_SLICES = ("cqrs_warehouse.warehouse",)
+#: QUEUE_TYPE's values: RabbitMQ's queue types the service declares its queues as.
+QUEUE_TYPES = ("classic", "quorum")
 
 _QUEUE_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9._-]*)?$")
 #: The longest names listeners.yaml accepts (messaging/routing.py), and what
@@ -152,8 +154,22 @@ def _queue_prefix(name: str, raw: str) -> str:
 
 
 def _broker_url(name: str, raw: str) -> str:
-    if not raw.startswith(("amqp://", "amqps://")):
-        raise ConfigurationError(f"{name} must be an amqp:// or amqps:// URL")
+    """One URL, or the URLs of a cluster's nodes separated by ';' (as Dramatiq
+    splits them: each connection tries them in turn)."""
+    urls = [url.strip() for url in raw.split(";")]
+    if not all(urls):
+        raise ConfigurationError(f"{name} has an empty URL between its ';'")
+    for url in urls:
+        if not url.startswith(("amqp://", "amqps://")):
+            raise ConfigurationError(
+                f"{name}: {redact_url(url)!r} is not an amqp:// or amqps:// URL"
+            )
+    return ";".join(urls)
+
+
+def _queue_type(name: str, raw: str) -> str:
+    if raw not in QUEUE_TYPES:
+        raise ConfigurationError(f"{name}={raw!r} must be one of {', '.join(QUEUE_TYPES)}")
     return raw
 
 
@@ -176,6 +192,7 @@ class Settings:
     listeners_config: str = variable("LISTENERS_CONFIG", "config/listeners.yaml")
     schemas_dir: str = variable("SCHEMAS_DIR", "schemas")
     queue_prefix: str = variable("QUEUE_PREFIX", "", _queue_prefix)
+    queue_type: str = variable("QUEUE_TYPE", "classic", _queue_type)
     slices: tuple[str, ...] = variable("SLICES", DEFAULT_SLICES, _module_list)
     sweep_interval: float = variable("OUTBOX_SWEEP_INTERVAL", 2.0, number(float, minimum=0.05))
     drain_batch_size: int = variable("OUTBOX_BATCH_SIZE", 500, number(int, minimum=1))

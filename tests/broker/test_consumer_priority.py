@@ -114,12 +114,17 @@ def take(consumer: Any, count: int, rounds: int = 50) -> list[str]:
     return ids
 
 
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_a_listener_queues_deliveries_go_to_its_preferred_process_and_to_the_others_without_it(
-    monkeypatch, queue
+    monkeypatch, queue, queue_type
 ):
     # The queue is the second listener's: with two processes, process 1's.
+    # (Consumer priorities are consumer arguments: quorum queues have them too.)
     broker = ListenerRoutingBroker(
-        url=BROKER_URL, middleware=[], listener_queues=["first", queue, "third"]
+        url=BROKER_URL,
+        middleware=[],
+        listener_queues=["first", queue, "third"],
+        queue_type=queue_type,
     )
     dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"listener.{queue}")(print)
     try:

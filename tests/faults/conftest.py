@@ -18,7 +18,8 @@ import pytest
 from tests.faults.installation import FaultInstallation
 from tests.faults.report import REPORTS, CaseReport, render
 from tests.faults.services import ensure_services_running
-from tests.support.services import Postgres, ServiceMissing, require_rabbitmq
+from tests.support.cluster import Cluster, ClusterError
+from tests.support.services import BROKER_URL, Postgres, ServiceMissing, require_rabbitmq
 
 StartInstallation = Callable[..., FaultInstallation]
 
@@ -33,9 +34,10 @@ def _services_left_running() -> Iterator[None]:
 def start_installation(
     request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path
 ) -> Iterator[StartInstallation]:
-    """``start_installation(name, web_workers=2, worker_module=..., worker_env={})``:
-    gunicorn and `dramatiq -p 2 -t 4` running on a new database and queue prefix,
-    with the watcher bound to "#"; everything stopped and deleted afterwards."""
+    """``start_installation(name, web_workers=2, worker_module=..., worker_env={},
+    broker_url=..., settings={})``: gunicorn and `dramatiq -p 2 -t 4` running on a
+    new database and queue prefix, with the watcher bound to "#"; everything
+    stopped and deleted afterwards."""
     with contextlib.ExitStack() as stack:
 
         def start(
@@ -44,13 +46,19 @@ def start_installation(
             web_workers: int = 2,
             worker_module: str = "cqrs_warehouse.worker",
             worker_env: Mapping[str, str] = {},
+            broker_url: str = BROKER_URL,
+            settings: Mapping[str, str] = {},
         ) -> FaultInstallation:
             try:
-                require_rabbitmq()
+                require_rabbitmq(broker_url)
             except ServiceMissing as error:
                 pytest.fail(str(error))
             installation = FaultInstallation.create(
-                postgres, tmp_path / name, name=f"fault_{name}", settings={"LOG_FORMAT": "json"}
+                postgres,
+                tmp_path / name,
+                name=f"fault_{name}",
+                settings={"LOG_FORMAT": "json", **settings},
+                broker_url=broker_url,
             )
             stack.callback(_close, request, installation, request.session.testsfailed)
             installation.start_api(workers=web_workers)
@@ -58,6 +66,25 @@ def start_installation(
             return installation
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster() -> Iterator[Cluster]:
+    """A 3-node RabbitMQ cluster beside the machine's RabbitMQ (tests/support/cluster.py),
+    started once for the session (about 20 s on 2 cores) and stopped at its end."""
+    try:
+        cluster = Cluster.start()
+    except ClusterError as error:
+        pytest.fail(str(error))
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def cluster(rabbitmq_cluster: Cluster) -> Iterator[Cluster]:
+    """The session's cluster, whole again after the test whatever it did to its nodes."""
+    yield rabbitmq_cluster
+    rabbitmq_cluster.ensure_whole()
 
 
 def _close(request: pytest.FixtureRequest, installation: FaultInstallation, failed: int) -> None:

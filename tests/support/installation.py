@@ -206,12 +206,12 @@ class Installation:
         """The PIDs of dramatiq's worker processes (not its Prometheus fork): those
         that hold a connection to RabbitMQ."""
         workers = workers or self.current("dramatiq")
-        amqp_port = urllib.parse.urlsplit(self.broker_url).port or 5672
+        amqp_ports = {urllib.parse.urlsplit(u).port or 5672 for u in self.broker_url.split(";")}
         pids = []
         for process in _descendants(workers.pid):
             with contextlib.suppress(psutil.Error):
                 if any(
-                    c.raddr and c.raddr.port == amqp_port
+                    c.raddr and c.raddr.port in amqp_ports
                     for c in process.net_connections(kind="tcp")
                 ):
                     pids.append(process.pid)

@@ -104,9 +104,19 @@ class Postgres:
             connection.close()
 
 
+def broker_parameters(url: str) -> list[pika.URLParameters]:
+    """pika's parameters of a BROKER_URL: one URL, or a cluster's separated by ';'."""
+    return [pika.URLParameters(part) for part in url.split(";")]
+
+
+def connect(url: str = BROKER_URL) -> pika.BlockingConnection:
+    """A connection to the first node of ``url`` that accepts one."""
+    return pika.BlockingConnection(broker_parameters(url))
+
+
 def require_rabbitmq(url: str = BROKER_URL) -> None:
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(url))
+        connection = connect(url)
     except pika.exceptions.AMQPError as error:
         raise ServiceMissing(f"RabbitMQ is required at {url}: {error!r}") from error
     connection.close()
@@ -126,7 +136,7 @@ def delete_from_broker(
     queues: Iterable[str], exchanges: Iterable[str] = (), url: str = BROKER_URL
 ) -> None:
     """Delete ``queues`` and ``exchanges`` (those that do not exist are skipped)."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    connection = connect(url)
     try:
         channel = connection.channel()
         for queue in queues:
@@ -145,7 +155,7 @@ def delete_from_broker(
 
 def queue_depth(queue: str, url: str = BROKER_URL) -> int:
     """Messages ready in ``queue`` (0 if it does not exist)."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    connection = connect(url)
     try:
         channel = connection.channel()
         try:

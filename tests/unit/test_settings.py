@@ -34,6 +34,7 @@ def test_defaults_are_a_sqlite_file_no_broker_and_the_repositorys_listeners_yaml
     assert settings.listeners_config == "config/listeners.yaml"
     assert settings.schemas_dir == "schemas"
     assert settings.queue_prefix == ""
+    assert settings.queue_type == "classic"
     assert read_settings(WarehouseSettings, {}).low_quantity_threshold == 5
     assert settings.sweep_interval == 2.0
     assert settings.drain_batch_size == 500
@@ -71,6 +72,14 @@ def test_from_env_reads_the_process_environment_by_default(monkeypatch):
             "listeners_config",
             "/etc/cw/listeners.yaml",
         ),
+        (
+            "BROKER_URL",
+            "amqp://u:p@r1:5672/; amqp://u:p@r2:5672/;amqp://u:p@r3:5672/",
+            "broker_url",
+            "amqp://u:p@r1:5672/;amqp://u:p@r2:5672/;amqp://u:p@r3:5672/",
+        ),
+        ("QUEUE_TYPE", "classic", "queue_type", "classic"),
+        ("QUEUE_TYPE", "quorum", "queue_type", "quorum"),
         ("SCHEMAS_DIR", "/srv/schemas", "schemas_dir", "/srv/schemas"),
         ("QUEUE_PREFIX", "test_", "queue_prefix", "test_"),
         ("QUEUE_PREFIX", "_a.b-c9", "queue_prefix", "_a.b-c9"),
@@ -260,3 +269,24 @@ def test_build_without_broker_url_refuses_to_run_the_api_or_workers():
     settings = Settings(database_url="sqlite:///:memory:", broker_url=None)
     with pytest.raises(ConfigurationError, match="BROKER_URL"):
         build(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("amqp://a/;", "empty URL"),
+        ("amqp://a/;;amqp://b/", "empty URL"),
+        ("amqp://a/;redis://b/", "'redis://b/' is not an amqp"),
+        ("amqp://u:secret@a/;http://u:secret@b/", "'http://u:\\*\\*\\*@b/'"),
+    ],
+)
+def test_broker_urls_of_a_cluster_are_each_checked(url, says):
+    with pytest.raises(ConfigurationError, match=f"BROKER_URL.*{says}") as refused:
+        Settings.from_env({"BROKER_URL": url})
+    assert "secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("raw", ["Quorum", "stream", "mirrored", " classic"])
+def test_a_queue_type_other_than_classic_or_quorum_is_refused(raw):
+    with pytest.raises(ConfigurationError, match=r"QUEUE_TYPE=.*classic, quorum"):
+        Settings.from_env({"QUEUE_TYPE": raw})

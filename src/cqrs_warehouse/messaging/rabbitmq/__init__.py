@@ -36,6 +36,7 @@ class RabbitmqTransport:
         bindings: Mapping[str, tuple[str, ...]],
         listener_queues: Sequence[str],
         listener_batch_size: int,
+        queue_type: str = "classic",
         database: Any,
         prefix: str,
         owners: Mapping[str, str],
@@ -44,6 +45,7 @@ class RabbitmqTransport:
     ) -> None:
         """``bindings``: each listener queue's topic patterns; ``listener_queues``:
         those queues in listeners.yaml's order; ``owners``: queue -> listener;
+        ``queue_type``: QUEUE_TYPE, the type of every queue it declares;
         ``database`` keeps the record of what was declared (``routes``);
         ``keys`` sign what it publishes and sends."""
         self.broker: dramatiq.Broker
@@ -52,6 +54,7 @@ class RabbitmqTransport:
             confirm_delivery=True,
             listener_batch_size=listener_batch_size,
             listener_queues=list(listener_queues),
+            queue_type=queue_type,
             # Of Dramatiq's default middleware, the two the actors use: the
             # others serve options no actor here sets, and each runs on every message.
             middleware=[TimeLimit(), RequeueUnlessRetried()],

@@ -7,7 +7,9 @@ is in confirm mode and a batch is published at once, then waited for:
 drain may let the rows go. Unlike an AMQP transaction, confirm mode routes
 each message at once: listeners may receive it while RabbitMQ is still
 writing it. A message RabbitMQ nacks, or a batch not confirmed in time,
-fails the batch: the drain keeps its rows and publishes them again later.
+fails the batch and its connection: the drain keeps its rows and publishes
+them again later, on a new connection (to the first node of BROKER_URL that
+accepts one).
 Each message is signed with the first key of MESSAGE_KEY (``wire.properties_of``).
 
 The exchange, every listener queue and their bindings are declared before
@@ -95,6 +97,9 @@ class RabbitmqPublisher:
             # Returns as soon as the last confirm is in (see _Confirms.on_frame).
             connection.process_data_events(time_limit=remaining)
         if confirms.refused:
+            # A fresh channel for the next batch: on RabbitMQ 3.10 a channel that
+            # a quorum queue nacked while it had no leader goes on nacking.
+            self._reset()
             raise PublishError(
                 f"RabbitMQ refused {confirms.refused} of {len(rows)} messages (nack)"
             )

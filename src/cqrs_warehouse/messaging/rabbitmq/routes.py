@@ -14,6 +14,7 @@ added by hand, and what an earlier release declared before the record existed.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import pika.exceptions
 from dramatiq.common import dq_name, xq_name
 from dramatiq.middleware import Middleware
 
+from ..errors import ConfigurationError
 from ..storage.models import Model, utcnow
 from .topology import Topology, queue_stats
 
@@ -244,14 +246,24 @@ def _unbind(channel: Any, queue: str, exchange: str, binding: str) -> Any:
 
 
 class ApplyRoutesAtBoot(Middleware):
-    """Applies the file's routes when a worker process boots, before it consumes."""
+    """Applies the file's routes when a worker process boots, before it consumes,
+    and declares every other queue of the process (the drain's): a queue that
+    exists with another type than QUEUE_TYPE stops the workers with one line
+    here, rather than its consumer failing again and again."""
 
     def __init__(self, routes: Routes) -> None:
         self.routes = routes
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        with self.routes.database.connection_context():
-            changes = self.routes.apply()
+        try:
+            with self.routes.database.connection_context():
+                changes = self.routes.apply()
+            ours = self.routes.topology.broker  # (the same broker, typed as ours)
+            for queue in sorted(ours.get_declared_queues()):
+                ours.declare_queue(queue, ensure=True)
+        except ConfigurationError as error:
+            print(f"cqrs-warehouse worker: {error}", file=sys.__stderr__, flush=True)
+            raise SystemExit(2) from None
         if changes.unbound or changes.leftovers:
             logger.warning(
                 "routes applied: %d bindings unbound; leftover queues no listener owns: %s "

@@ -33,11 +33,17 @@ class Topology:
 
 
 def _short_lived(parameters: Any) -> pika.BlockingConnection:
-    params = parameters[0] if isinstance(parameters, list) else parameters
-    quick = copy.copy(params)
-    quick.connection_attempts = 1
-    quick.socket_timeout = 2
-    quick.blocked_connection_timeout = 2
+    """A connection to the first node of ``parameters`` (one, or a list) that
+    accepts one, each tried once: 2 s to connect, 4 s to open the connection
+    (a stalled node accepts TCP connections and answers nothing)."""
+    quick = []
+    for params in parameters if isinstance(parameters, list) else [parameters]:
+        params = copy.copy(params)
+        params.connection_attempts = 1
+        params.socket_timeout = 2
+        params.blocked_connection_timeout = 2
+        params.stack_timeout = 4
+        quick.append(params)
     return pika.BlockingConnection(quick)
 
 
