@@ -69,13 +69,7 @@ def rebuild(
     if spec.name == archive.name:
         raise RebuildError("the archive itself cannot be rebuilt")
     deadline = time.monotonic() + catch_up_timeout
-    pruned = pruned_from_archive(spec, archive)
-    if pruned:
-        raise RebuildError(
-            f"the archive ({archive.name}) no longer holds what it received of {pruned}, "
-            f"which {spec.name} reads: it was pruned, and a rebuild would lose it. "
-            "Nothing was changed."
-        )
+    _refuse_if_pruned(spec, archive, "a rebuild would lose it")
     _wait_until_covered(engine, engine.positions.snapshot(spec.name), spec, archive, deadline)
     with engine.outbox.transaction():
         snapshot = engine.positions.forget(spec.name)
@@ -134,20 +128,14 @@ def backfill(
     """
     if spec.name == archive.name:
         raise RebuildError("the archive itself cannot be backfilled")
-    keys = [k for k in StreamHead.select(StreamHead.routing_key).distinct().scalars()]
+    keys = list(StreamHead.select(StreamHead.routing_key).distinct().scalars())
     missed = sorted(k for k in keys if spec.accepts(k) and not archive.accepts(k))
     if missed:
         raise RebuildError(
             f"the archive ({archive.name}) does not receive {', '.join(missed)}, which "
             f"{spec.name} reads. Nothing was changed."
         )
-    pruned = pruned_from_archive(spec, archive)
-    if pruned:
-        raise RebuildError(
-            f"the archive ({archive.name}) no longer holds what it received of {pruned}, "
-            f"which {spec.name} reads: it was pruned, and the backfill would miss it. "
-            "Nothing was changed."
-        )
+    _refuse_if_pruned(spec, archive, "the backfill would miss it")
     heads = _heads(spec, keys)
     deadline = time.monotonic() + catch_up_timeout
     while behind := _behind(engine, heads, archive.name):
@@ -190,6 +178,15 @@ def _behind(engine: Engine, heads: dict[str, int], archive_listener: str) -> lis
         archived = engine.positions.positions_of(archive_listener, chunk)
         behind += [stream for stream in chunk if archived.get(stream, 0) < heads[stream]]
     return behind
+
+
+def _refuse_if_pruned(spec: ListenerSpec, archive: ListenerSpec, consequence: str) -> None:
+    pruned = pruned_from_archive(spec, archive)
+    if pruned:
+        raise RebuildError(
+            f"the archive ({archive.name}) no longer holds what it received of {pruned}, "
+            f"which {spec.name} reads: it was pruned, and {consequence}. Nothing was changed."
+        )
 
 
 def pruned_from_archive(spec: ListenerSpec, archive: ListenerSpec, sample: int = 3) -> str:
