@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
-import pika
 from dramatiq.common import dq_name
 from dramatiq.middleware import Middleware
 
@@ -17,7 +16,8 @@ from cqrs_warehouse.runtime import build
 from cqrs_warehouse.settings import Settings
 from tests.slices.recorders.listeners import RefusedSku
 from tests.support.installation import Installation
-from tests.support.services import BROKER_URL, Postgres, unique_name
+from tests.support.rabbitmqctl import refusing_publishes
+from tests.support.services import Postgres, unique_name
 from tests.support.waiting import eventually
 
 PICKY = {
@@ -39,14 +39,6 @@ class Attempts(Middleware):
             self.count += 1
 
 
-def on_the_broker(action: Any) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
-    try:
-        action(connection.channel())
-    finally:
-        connection.close()
-
-
 def test_a_retry_rabbitmq_refuses_to_enqueue_is_delivered_again_not_lost(
     tmp_path: Path, postgres: Postgres, rabbitmq: None
 ) -> None:
@@ -62,22 +54,16 @@ def test_a_retry_rabbitmq_refuses_to_enqueue_is_delivered_again_not_lost(
             sent = runtime.services["warehouse"].commands.increase_product_quantity(sku, 1)
             assert runtime.actors.drain.run() == 1  # declares the queues, the delay queue too
 
-        # The delay queue, where retries wait, now refuses every message.
-        def full_delay_queue(channel: Any) -> None:
-            channel.queue_delete(delay_queue)
-            arguments = {"x-max-length": 0, "x-overflow": "reject-publish"}
-            channel.queue_declare(delay_queue, durable=True, arguments=arguments)
-
-        on_the_broker(full_delay_queue)
         runtime.broker.add_middleware(attempts)
         worker = dramatiq.Worker(runtime.broker, worker_threads=1)
-        worker.start()
+        # The delay queue, where retries wait, refuses every message for a while.
+        with refusing_publishes(delay_queue):
+            worker.start()
 
-        def delivered_again() -> None:  # each time its retry is refused
-            assert attempts.count >= 3
+            def delivered_again() -> None:  # each time its retry is refused
+                assert attempts.count >= 3
 
-        eventually(delivered_again, timeout=30)
-        on_the_broker(lambda channel: channel.queue_delete(delay_queue))  # declared again
+            eventually(delivered_again, timeout=30)
 
         def dead_lettered() -> None:
             with runtime.database.connection_context():
