@@ -55,6 +55,15 @@ def figures(
             )
             for stat in ("p50", "p99")
         ),
+        *(
+            Figure(
+                f"bare_chain.routed.{stat}_ms",
+                f"  bare chain: 200 -> delivered by RabbitMQ (a probe queue), {stat}",
+                "ms",
+                digits=1,
+            )
+            for stat in ("p50", "p99")
+        ),
         Figure(
             "api.cps",
             "Service: commands/s through the REST API",
@@ -183,6 +192,16 @@ def figures(
             "  drain: outbox rows published/s",
             "msg/s",
             baseline="amqp.tx_batched",
+        ),
+        *(
+            Figure(
+                f"backlog.large.cpu_ms.{part}",
+                f"  CPU per delivery meanwhile, {part}",
+                "ms",
+                baseline=f"bare_actor.cpu_ms.{part}",
+                digits=3,
+            )
+            for part in ("workers", "postgres", "rabbitmq", "machine")
         ),
         Figure(
             "backlog.large.peak_rss_mb",

@@ -83,7 +83,8 @@ def render(
         "## Results\n\n" + markdown_table(table),
         "## Targets\n\n"
         + _targets(results, listeners, knobs)
-        + _backlog_note(results, knobs, listeners),
+        + _backlog_note(results, knobs, listeners)
+        + _backlog_ceiling(results, env.cores),
         _cpu(results),
         _scaling(results, listeners),
         _notes() if main else _ELSEWHERE,
@@ -221,6 +222,27 @@ def _backlog_note(results: Results, knobs: Knobs, listeners: tuple[str, ...]) ->
         f"Dramatiq actor ({bare:,.0f}/s) reaches here with one transaction per message. The "
         "service's listeners apply what RabbitMQ has already delivered in one transaction "
         "(up to LISTENER_BATCH_SIZE), so a backlog is applied in batches."
+    )
+
+
+def _backlog_ceiling(results: Results, cores: int) -> str:
+    """The most deliveries/s the machine's cores allow at the backlog's CPU per delivery."""
+    m = results.median
+    names = ("workers", "postgres", "rabbitmq")
+    parts = {part: m(f"backlog.large.cpu_ms.{part}") for part in names}
+    bare = m("bare_actor.dps")
+    if not bare or any(v is None or v <= 0 for v in parts.values()):
+        return ""
+    workers, postgres, rabbitmq = (parts[p] or 0.0 for p in names)
+    total, servers = workers + postgres + rabbitmq, postgres + rabbitmq
+    budget = cores * 1000.0  # CPU-ms per second
+    return (
+        f"\n\nDuring the backlog a delivery cost {fmt(total, 3)} CPU-ms: workers "
+        f"{fmt(workers, 3)}, PostgreSQL {fmt(postgres, 3)}, RabbitMQ {fmt(rabbitmq, 3)} (from 10 % "
+        f"to 90 % of it applied). At that cost {cores} cores allow at most "
+        f"{budget / total:,.0f} deliveries/s, {budget / total / bare:.1f}x the bare actor; "
+        f"PostgreSQL's and RabbitMQ's share alone, with workers that cost nothing, at most "
+        f"{budget / servers:,.0f}/s, {budget / servers / bare:.1f}x."
     )
 
 

@@ -14,6 +14,12 @@ run (reported as "projected"). The resident memory of each worker process
 (the dramatiq processes holding an AMQP connection; not its parent nor its
 Prometheus fork) is sampled every 0.2 s: the peak, and the growth from early
 in the run to its end, tell whether memory follows the backlog.
+
+CPU: the workers', PostgreSQL's (the run database's backends) and RabbitMQ's
+(its whole VM) CPU time from when the slowest listener has applied 10 % of
+the backlog to when it has applied 90 %, divided by the deliveries applied
+meanwhile: what a delivery costs when the listeners apply batches, and so
+the most deliveries/s the machine's cores allow at that cost.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import time
 
 from tests.support.environment import service_env
 
-from .. import infra
+from .. import cpu, infra
 from ..context import Context
+from ..cpu import CpuMeter
 from ..infra import RssSampler
 from ..service import installed
 
@@ -118,12 +125,28 @@ def run(ctx: Context, templates: Templates, size: int) -> dict[str, float]:
         trace: list[tuple[float, int]] = []  # (seconds since start, slowest listener's count)
         outbox: list[tuple[float, int]] = []  # (seconds since start, rows left)
         worker_pids: set[int] = set()
+        meter = CpuMeter(
+            {
+                "workers": cpu.tree(workers.pid),
+                "postgres": cpu.postgres_backends(service.db, service.name),
+                "rabbitmq": cpu.by_name("beam.smp"),
+            }
+        )
+        window: list[int] = []  # deliveries applied as the meter started, then stopped
+        used: dict[str, float] = {}
         with RssSampler(workers.pid) as rss:
             while True:
                 service.require_alive()
                 elapsed = time.monotonic() - started
-                slowest = min(service.applied().values())
+                applied = service.applied()
+                slowest = min(applied.values())
                 trace.append((elapsed, slowest))
+                if not window and slowest >= 0.1 * size:
+                    meter.start()
+                    window.append(sum(applied.values()))
+                elif len(window) == 1 and slowest >= 0.9 * size:
+                    used = meter.stop()
+                    window.append(sum(applied.values()))
                 if not outbox or outbox[-1][1] > 0:
                     outbox.append((elapsed, service.outbox_rows()))
                 if not worker_pids or len(trace) % 20 == 0:
@@ -141,6 +164,10 @@ def run(ctx: Context, templates: Templates, size: int) -> dict[str, float]:
         f"backlog.{label}.drain_mps": _drain_rate(outbox, size),
     }
     figures.update(_memory(rss, worker_pids, label))
+    if used:
+        deliveries = max(1, window[1] - window[0])
+        for part, seconds in used.items():
+            figures[f"backlog.{label}.cpu_ms.{part}"] = 1000 * seconds / deliveries
     return figures
 
 

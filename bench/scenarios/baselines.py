@@ -18,6 +18,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 import pika.exceptions
 import requests
@@ -33,7 +34,16 @@ from ..context import Context
 from ..cpu import CpuMeter
 from ..loadgen import run_load
 from ..service import SKU_PREFIX
-from .latency import CHANNEL, AppliedWatcher, calibrate, latencies, paced_load, settle
+from .latency import (
+    CHANNEL,
+    ROUTED,
+    AppliedWatcher,
+    RoutedWatcher,
+    calibrate,
+    latencies,
+    paced_load,
+    settle,
+)
 
 # The bare Falcon app's table (bench.baselines.bare_falcon.BareCommand).
 BARE_COMMANDS_TABLE = (
@@ -289,24 +299,41 @@ def bare_chain(ctx: Context) -> dict[str, float]:
     """The floor: the same load, measured the same way, through the bare chain."""
     knobs = ctx.knobs
     listeners = tuple(chain.listener_names(len(ctx.routing.listeners)))
-    with bare_chain_running(ctx, f"{ctx.tag}_bare_chain") as (port, watcher, resolution_ms):
-        result = paced_load(ctx, port, start_position=0)  # the chain counts from 1
+    name = f"{ctx.tag}_bare_chain"
+    with bare_chain_running(ctx, name) as (port, watcher, resolution_ms):
+        # The chain's messages are a SKU, and RabbitMQ delivers one queue's in
+        # order: the n-th message of a SKU is its position n.
+        counts: dict[str, int] = defaultdict(int)
+
+        def stream_position(properties: Any, body: bytes) -> tuple[str, int]:
+            sku = body.decode()
+            counts[sku] += 1
+            return sku, counts[sku]
+
+        exchange = chain.exchange_name(f"{name}_")
+        routed = RoutedWatcher(ctx.broker_url, exchange, watcher.seen, stream_position)
+        try:
+            result = paced_load(ctx, port, start_position=0)  # the chain counts from 1
+        finally:
+            routed.close()
         expected = result["answered"]
 
         def all_applied() -> None:
-            counts: dict[str, int] = defaultdict(int)
+            applied: dict[str, int] = defaultdict(int)
             for _, payload in watcher.seen:
-                counts[payload.split(" ")[0]] += 1
-            assert all(counts[listener] >= expected for listener in listeners), (
-                f"the bare chain applied {dict(counts)} of {expected}"
+                applied[payload.split(" ")[0]] += 1
+            assert all(applied[listener] >= expected for listener in listeners), (
+                f"the bare chain applied {dict(applied)} of {expected}"
             )
 
         eventually(all_applied, timeout=knobs.latency_settle, interval=0.1)
         seen = list(watcher.seen)
-    figures = latencies(result["records"], seen, listeners)
+    figures = latencies(result["records"], seen, (ROUTED, *listeners))
     return {
         "bare_chain.p50_ms": figures["latency.worst.p50_ms"],
         "bare_chain.p99_ms": figures["latency.worst.p99_ms"],
+        "bare_chain.routed.p50_ms": figures[f"latency.{ROUTED}.p50_ms"],
+        "bare_chain.routed.p99_ms": figures[f"latency.{ROUTED}.p99_ms"],
         "bare_chain.resolution_ms": resolution_ms,
         "bare_chain.http_p50_ms": statistics.median(r[3] for r in result["records"]) * 1000,
         "bare_chain.busy_pct": result["busy_pct"],

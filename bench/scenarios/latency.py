@@ -121,8 +121,17 @@ class RoutedWatcher:
     """Consumes every event of ``exchange`` on a transient queue of its own and
     timestamps each delivery into ``seen`` (the same list as an AppliedWatcher's)."""
 
-    def __init__(self, broker_url: str, exchange: str, seen: list[tuple[float, str]]) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        exchange: str,
+        seen: list[tuple[float, str]],
+        stream_position: Callable[[Any, bytes], tuple[str, int] | None] | None = None,
+    ) -> None:
+        """``stream_position(properties, body)``: an event's SKU and position;
+        by default the service's headers say them."""
         self.seen = seen
+        self.stream_position = stream_position or _from_headers
         self.connection = connect(broker_url)
         channel = self.connection.channel()
         queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
@@ -134,9 +143,9 @@ class RoutedWatcher:
 
     def _on_message(self, channel: object, method: object, properties: Any, body: bytes) -> None:
         now = time.monotonic()
-        headers = properties.headers or {}
-        if "stream" in headers:
-            self.seen.append((now, f"{ROUTED} {headers['stream']} {headers['position']}"))
+        event = self.stream_position(properties, body)
+        if event is not None:
+            self.seen.append((now, f"{ROUTED} {event[0]} {event[1]}"))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -146,6 +155,11 @@ class RoutedWatcher:
         self._stop.set()
         self._thread.join(timeout=5)
         self.connection.close()
+
+
+def _from_headers(properties: Any, body: bytes) -> tuple[str, int] | None:
+    headers = properties.headers or {}
+    return (headers["stream"], headers["position"]) if "stream" in headers else None
 
 
 def calibrate(database_url: str, watcher: AppliedWatcher, probes: int = 50) -> float:
