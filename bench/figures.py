@@ -31,6 +31,10 @@ def at_least_ratio(minimum: float) -> Callable[[float, float | None], bool]:
     return lambda value, ratio: ratio is not None and ratio >= minimum
 
 
+def at_most_ratio(maximum: float) -> Callable[[float, float | None], bool]:
+    return lambda value, ratio: ratio is not None and ratio <= maximum
+
+
 def at_most(maximum: float) -> Callable[[float, float | None], bool]:
     return lambda value, ratio: value <= maximum
 
@@ -133,6 +137,42 @@ def figures(
                 digits=1,
             )
         )
+    # Issue 21's targets: ratios to the floor, on fresh tables, right after a
+    # burst, with grown tables.
+    for prefix, what in (
+        ("latency", "fresh tables"),
+        ("burst", "right after a burst"),
+        ("grown", "with grown tables"),
+    ):
+        for stat, limit in (("p50", 1.5), ("p99", 2.0)):
+            rows.append(
+                Figure(
+                    f"{prefix}.worst.{stat}_ms",
+                    f"Slowest listener's latency {stat} @100 cmd/s, {what}",
+                    "ms",
+                    baseline=f"bare_chain.{stat}_ms",
+                    target=f"<= {limit:g}x the floor",
+                    check=at_most_ratio(limit),
+                    digits=1,
+                )
+            )
+        if prefix != "latency":  # (reported with the floor's, below)
+            rows.append(Figure(f"{prefix}.busy_pct", "  machine's cores busy meanwhile", "%"))
+    rows += [
+        Figure(
+            "sustained.chain_cps",
+            "Sustained commands/s, bare chain (slowest listener applied)",
+            "cmd/s",
+        ),
+        Figure(
+            "sustained.cps",
+            "Sustained commands/s, service (every listener applied)",
+            "cmd/s",
+            baseline="sustained.chain_cps",
+            target=">= 1.0x the bare chain",
+            check=at_least_ratio(1.0),
+        ),
+    ]
     for variant, what in (
         ("classic1", "classic queues, 1 node"),
         ("quorum1", "quorum queues, 1 node"),
@@ -186,6 +226,8 @@ def figures(
             "  deliveries/s while applying it",
             "deliv/s",
             baseline="bare_actor.dps",
+            target=">= 4x bare Dramatiq+PG",
+            check=at_least_ratio(4.0),
         ),
         Figure(
             "backlog.large.drain_mps",
