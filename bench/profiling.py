@@ -1,11 +1,14 @@
 """``python -m bench --profile``: where the service spends its time, by py-spy and pyinstrument.
 
-Three profiles, each written as a text summary to bench/profiles/
-(``--only pipeline drain paths`` picks some of them):
+Four profiles, each written as a text summary to bench/profiles/
+(``--only pipeline drain backlog paths`` picks some of them):
 
 - ``pipeline.txt``: the API (gunicorn master and workers) and the workers
   (dramatiq processes) while the sustained end-to-end load runs, sampled
   side by side;
+- ``backlog.txt``: the workers in their default layout (drain and
+  listeners) applying a backlog written by the commands, with the rows
+  published and deliveries applied per second while sampled;
 - ``drain.txt``: the drain alone (``--queues <prefix>outbox_drain``, one
   process, one thread) publishing a backlog written by the commands, with
   its rate, so the cost per published message can be read without the
@@ -36,6 +39,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support.processes import BIN
 from tests.support.waiting import eventually
@@ -249,13 +253,52 @@ def profile_pipeline(ctx: Context, raw_dir: Path) -> str:
     return "\n\n".join(parts)
 
 
-def profile_drain(ctx: Context, raw_dir: Path, events: int = 20_000) -> str:
+def profile_drain(ctx: Context, raw_dir: Path) -> str:
+    """The drain alone: its cost per published row without the listeners in the way."""
+    return _profile_backlog(
+        ctx,
+        raw_dir,
+        "drain",
+        events=20_000,
+        layout={"processes": 1, "threads": 1, "queues": [DRAIN_QUEUE]},
+        what=f"the drain alone: dramatiq --queues {DRAIN_QUEUE} -p 1 -t 1",
+        title="drain_outbox alone, on a backlog",
+    )
+
+
+def profile_backlog(ctx: Context, raw_dir: Path) -> str:
+    """The default layout applying a backlog: where a delivery's worker CPU goes
+    when the listeners apply batches (the backlog scenario's CPU per delivery)."""
+    knobs = ctx.knobs
+    return _profile_backlog(
+        ctx,
+        raw_dir,
+        "backlog",
+        events=60_000,
+        layout={},
+        what=f"the default layout: dramatiq -p {knobs.worker_processes} -t {knobs.worker_threads}",
+        title="dramatiq workers (drain + listeners) applying a backlog",
+    )
+
+
+def _profile_backlog(
+    ctx: Context,
+    raw_dir: Path,
+    name: str,
+    *,
+    events: int,
+    layout: dict[str, Any],
+    what: str,
+    title: str,
+) -> str:
+    """py-spy on workers of ``layout`` (``start_workers``' options) while they apply
+    a backlog of ``events`` events written by the commands."""
     seconds = ctx.knobs.profile_seconds
-    with installed(ctx, "profile_drain", template=ctx.migrated_template) as service:
+    with installed(ctx, f"profile_{name}", template=ctx.migrated_template) as service:
         fill = [sys.executable, "-m", "bench.fill_outbox", "0", str(events), "1000"]
         writers = [
             ctx.start(
-                f"profile_drain_fill{part}", [*fill, str(part), "2"], service.installation.env
+                f"profile_{name}_fill{part}", [*fill, str(part), "2"], service.installation.env
             )
             for part in range(2)
         ]
@@ -263,29 +306,32 @@ def profile_drain(ctx: Context, raw_dir: Path, events: int = 20_000) -> str:
             if writer.wait(timeout=600) != 0:
                 raise RuntimeError(f"filling the backlog failed:\n{writer.output()[-3000:]}")
             writer.terminate()
-        drain = service.start_workers(processes=1, threads=1, queues=[DRAIN_QUEUE])
+        workers = service.start_workers(**layout)
 
         def drain_started() -> None:
             assert service.outbox_rows() < events, "the drain has not started"
 
         eventually(drain_started, timeout=60, interval=0.1)
         rows_before, started = service.outbox_rows(), time.monotonic()
+        applied_before = sum(service.applied().values())
         recorders = {
-            gil: record(drain.pid, seconds, raw_dir / f"drain_{gil}.raw", gil=gil)
+            gil: record(workers.pid, seconds, raw_dir / f"{name}_{gil}.raw", gil=gil)
             for gil in (False, True)
         }
         for recorder in recorders.values():
             _finish(recorder, seconds)
-        rate = (rows_before - service.outbox_rows()) / (time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        rate = (rows_before - service.outbox_rows()) / elapsed
+        applied = (sum(service.applied().values()) - applied_before) / elapsed
     notes = [
-        f"the drain alone: dramatiq --queues {DRAIN_QUEUE} -p 1 -t 1, a backlog of {events:,} "
-        f"events written by the commands; {rate:.0f} rows published/s while sampled",
+        f"{what}, a backlog of {events:,} events written by the commands; {rate:.0f} rows "
+        f"published/s and {applied:.0f} deliveries applied/s while sampled",
         f"py-spy {RATE} Hz, {seconds:.0f} s (or until the outbox emptied)",
         "",
     ]
     return "\n\n".join(
-        summary(f"drain_outbox alone, on a backlog: {VIEWS[gil]}", Profile.read(path), notes)
-        for gil, path in ((g, raw_dir / f"drain_{g}.raw") for g in recorders)
+        summary(f"{title}: {VIEWS[gil]}", Profile.read(path), notes)
+        for gil, path in ((g, raw_dir / f"{name}_{g}.raw") for g in recorders)
     )
 
 
@@ -296,7 +342,9 @@ def profile(knobs: Knobs, *, keep_logs: bool, only: set[str] | None = None) -> N
         f"source: {source_fingerprint()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"{cpu_model()}, {os.cpu_count()} cores"
     )
-    chosen = [name for name in ("pipeline", "drain", "paths") if not only or name in only]
+    chosen = [
+        name for name in ("pipeline", "drain", "backlog", "paths") if not only or name in only
+    ]
     written: dict[str, str] = {}
     with suite_run(knobs, keep_logs=keep_logs) as ctx:
         raw_dir = Path(tempfile.mkdtemp(prefix=f"{ctx.tag}_profiles_"))
@@ -309,6 +357,9 @@ def profile(knobs: Knobs, *, keep_logs: bool, only: set[str] | None = None) -> N
             if "drain" in chosen:
                 log("profiling the drain alone on a backlog ...")
                 written["drain"] = profile_drain(ctx, raw_dir)
+            if "backlog" in chosen:
+                log("profiling the workers applying a backlog ...")
+                written["backlog"] = profile_backlog(ctx, raw_dir)
             if "paths" in chosen:
                 log("profiling a command's and a delivery's paths in one process ...")
                 written["paths"] = profile_paths(ctx)
