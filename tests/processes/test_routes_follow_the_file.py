@@ -139,3 +139,52 @@ def test_prune_refuses_a_leftover_queue_that_holds_messages_unless_forced(
         assert forced.returncode == 0, forced.output
         assert forced.stdout.strip() == f"deleted {queue} and 1 messages with it"
         assert queue not in rabbitmqctl.queues(queue)
+
+
+def test_renaming_a_listener_as_the_readme_says_keeps_its_view_and_loses_no_event(
+    request, postgres, tmp_path, rabbitmq, sku
+):
+    """README, "Rename a listener": rename it in the file and restart the workers
+    (the old queue becomes a leftover), ``rebuild NEW``, then ``routes prune OLD
+    --force``; commands go on meanwhile."""
+    installation = Installation.create(
+        postgres, tmp_path, name="rename", listeners=project_listeners()
+    )
+    prefix, exchange = installation.queue_prefix, f"{installation.queue_prefix}{EXCHANGE}"
+    old_queue, new_queue = f"{prefix}products_view", f"{prefix}stock_view"
+    with logs_on_failure(request, installation):
+        installation.start_workers(processes=2)
+        installation.start_api(workers=1)
+        assert installation.increase(f"{sku}-1", 9).status_code == 200
+        assert installation.ship(f"{sku}-1", 2).status_code == 200
+        wait_until_view_matches_commands(installation)
+
+        installation.stop_workers()
+        renamed = [
+            {**entry, "name": "stock_view"} if entry["name"] == "products_view" else entry
+            for entry in project_listeners()
+        ]
+        write_listeners_config(installation.workdir / "listeners.yaml", renamed)
+        installation.start_workers(processes=2)
+        bound = rabbitmqctl.bindings(exchange)
+        assert old_queue not in bound, bound
+        assert bound[new_queue] == {"Warehouse.Events.#"}
+        # Before the rebuild: an event of a stream the old name applied waits
+        # for its predecessors under the new name; one of a new stream applies.
+        assert installation.increase(f"{sku}-1", 4).status_code == 200
+        assert installation.increase(f"{sku}-2", 5).status_code == 200
+
+        rebuilt = installation.cli("rebuild", "stock_view", "--catch-up-timeout", "30")
+        assert rebuilt.returncode == 0, rebuilt.output
+        state = wait_until_view_matches_commands(installation)
+        assert (state[f"{sku}-1"], state[f"{sku}-2"]) == (11, 5)
+
+        leftover = installation.cli("routes", "status").stdout.splitlines()[-1]
+        assert leftover.startswith(f"  {old_queue} (was listener products_view): "), leftover
+        pruned = installation.cli("routes", "prune", old_queue, "--force")
+        assert pruned.returncode == 0, pruned.output
+        assert old_queue not in rabbitmqctl.queues(old_queue)
+        assert installation.ship(f"{sku}-1", 1).status_code == 200
+        assert wait_until_view_matches_commands(installation)[f"{sku}-1"] == 10
+        status = installation.cli("routes", "status")
+        assert status.stdout.splitlines()[-1] == "  none", status.stdout
