@@ -8,7 +8,6 @@ module once it has set that folder; nothing else in the service imports it.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Iterable
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from dramatiq.middleware import Middleware
 from dramatiq.middleware.prometheus import Prometheus
 
-from .worker_exposition import serve_metrics
+from .worker_exposition import alive, pid_of, serve_metrics
 
 
 class PrometheusPerDelivery(Prometheus):
@@ -96,17 +95,5 @@ class RemoveMetricsWhenLast(Middleware):
             names = os.listdir(self.folder)
         except OSError:
             return
-        # prometheus_client names its files <kind>_<pid>.db.
-        pids = {int(m.group(1)) for n in names if (m := re.search(r"_(\d+)\.db$", n))}
-        if not any(_alive(pid) for pid in pids):
+        if not any(alive(pid) for name in names if (pid := pid_of(name)) is not None):
             shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -9,6 +9,10 @@ workers.
 from __future__ import annotations
 
 import importlib
+import os
+import struct
+import subprocess
+import sys
 from typing import Any
 
 import dramatiq
@@ -108,3 +112,45 @@ def test_other_actors_count_once_per_message_whatever_their_arguments(middleware
     assert value(middleware, "dramatiq_message_errors_total", drain) == 1
     assert value(middleware, "dramatiq_message_rejects_total", drain) == 1
     assert value(middleware, "dramatiq_message_retries_total", drain) == 1
+
+
+def test_the_exposition_removes_the_empty_file_a_killed_process_left(tmp_path):
+    """A worker process SIGKILLed while prometheus_client created a file left it
+    empty, and every scrape of the workers' metrics failed until it was gone
+    (seen in the fault suite). What dramatiq's exposition process does as it
+    starts (``serve_metrics``) removes that file; the dead process's readable
+    files stay (its counts are part of the totals), and so do a live process's."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from cqrs_warehouse.worker_exposition import remove_unreadable_files
+
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead, live = int(ended.stdout), os.getpid()
+    key = mmap_key("dramatiq_messages_total", "dramatiq_messages_total", LABELS, ["q", "a"], "")
+    for pid, value in ((live, 3.0), (dead, 2.0)):
+        written = MmapedDict(str(tmp_path / f"counter_{pid}.db"))
+        written.write_value(key, value, 0.0)
+        written.close()
+    (tmp_path / f"histogram_{dead}.db").write_bytes(b"")  # killed as it created it
+    (tmp_path / f"gauge_livesum_{live}.db").write_bytes(b"")  # being created
+    (tmp_path / "README").write_text("")
+
+    registry = prometheus_client.CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    with pytest.raises(struct.error):  # an empty file fails the scrape
+        prometheus_client.generate_latest(registry)
+
+    remove_unreadable_files(str(tmp_path))
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["README", f"counter_{live}.db", f"counter_{dead}.db", f"gauge_livesum_{live}.db"]
+    )
+    (tmp_path / f"gauge_livesum_{live}.db").unlink()  # (its process would size it)
+    scraped = prometheus_client.generate_latest(registry).decode()
+    assert 'dramatiq_messages_total{actor_name="a",queue_name="q"} 5.0' in scraped
