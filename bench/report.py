@@ -228,21 +228,17 @@ def _backlog_note(results: Results, knobs: Knobs, listeners: tuple[str, ...]) ->
 def _backlog_ceiling(results: Results, cores: int) -> str:
     """The most deliveries/s the machine's cores allow at the backlog's CPU per delivery."""
     m = results.median
-    names = ("workers", "postgres", "rabbitmq")
-    parts = {part: m(f"backlog.large.cpu_ms.{part}") for part in names}
-    bare = m("bare_actor.dps")
-    if not bare or any(v is None or v <= 0 for v in parts.values()):
+    parts = [m(f"backlog.large.cpu_ms.{part}") for part in ("workers", "postgres", "rabbitmq")]
+    machine, bare = m("backlog.large.cpu_ms.machine"), m("bare_actor.dps")
+    if not bare or not machine or any(v is None for v in parts):
         return ""
-    workers, postgres, rabbitmq = (parts[p] or 0.0 for p in names)
-    total, servers = workers + postgres + rabbitmq, postgres + rabbitmq
-    budget = cores * 1000.0  # CPU-ms per second
+    workers, postgres, rabbitmq = (v or 0.0 for v in parts)
+    ceiling = cores * 1000.0 / machine  # CPU-ms per second over CPU-ms per delivery
     return (
-        f"\n\nDuring the backlog a delivery cost {fmt(total, 3)} CPU-ms: workers "
-        f"{fmt(workers, 3)}, PostgreSQL {fmt(postgres, 3)}, RabbitMQ {fmt(rabbitmq, 3)} (from 10 % "
-        f"to 90 % of it applied). At that cost {cores} cores allow at most "
-        f"{budget / total:,.0f} deliveries/s, {budget / total / bare:.1f}x the bare actor; "
-        f"PostgreSQL's and RabbitMQ's share alone, with workers that cost nothing, at most "
-        f"{budget / servers:,.0f}/s, {budget / servers / bare:.1f}x."
+        f"\n\nDuring the backlog a delivery cost {fmt(machine, 3)} CPU-ms of the whole machine "
+        f"(workers {fmt(workers, 3)}, PostgreSQL {fmt(postgres, 3)}, RabbitMQ "
+        f"{fmt(rabbitmq, 3)}; from 10 % to 90 % of it applied). At that cost {cores} cores "
+        f"allow at most {ceiling:,.0f} deliveries/s, {ceiling / bare:.2f}x the bare actor."
     )
 
 
