@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 from .knobs import Knobs
 
+#: The parts whose CPU per command a latency load reports (``latency.paced_load``);
+#: the floor's workers are its relay and its bare listeners.
+LATENCY_CPU_PARTS = ("api", "workers", "postgres", "rabbitmq", "machine")
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -209,6 +213,16 @@ def figures(
         ),
         Figure(
             "bare_chain.busy_pct", "  machine's cores busy during the floor's latency load", "%"
+        ),
+        *(
+            Figure(
+                f"latency.cpu_ms.{part}",
+                f"  CPU per command @100 cmd/s, {part}",
+                "ms",
+                baseline=f"bare_chain.cpu_ms.{part}",
+                digits=2,
+            )
+            for part in LATENCY_CPU_PARTS
         ),
         Figure(
             "backlog.large.seconds",

@@ -30,6 +30,7 @@ from tests.support.waiting import eventually
 
 from cqrs_warehouse.settings import DEFAULT_SLICES
 
+from . import cpu
 from .context import Context
 from .loadgen import seed_skus
 
@@ -81,6 +82,19 @@ class ServiceUnderTest:
         """gunicorn with the knobs' workers and threads; its port, once it is ready."""
         self.api = self.installation.start_api(workers=self.ctx.knobs.web_concurrency)
         return self.installation.port
+
+    def cpu_parts(self) -> dict[str, cpu.PidSource]:
+        """Its processes by part, for a ``cpu.CpuMeter``: the API, the workers, the
+        backends connected to its database, and RabbitMQ's VM (which other users
+        of the broker count in)."""
+        assert self.api is not None
+        workers = [cpu.tree(w.pid) for w in self.workers]
+        return {
+            "api": cpu.tree(self.api.pid),
+            "workers": lambda: [pid for source in workers for pid in source()],
+            "postgres": cpu.postgres_backends(self.db, self.name),
+            "rabbitmq": cpu.by_name("beam.smp"),
+        }
 
     def start_workers(
         self,

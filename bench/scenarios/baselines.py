@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pika.exceptions
+import psycopg2.extensions
 import requests
 from tests.support.environment import service_env
 from tests.support.processes import BIN, ROOT, Service, free_port, run_to_exit
@@ -232,16 +233,21 @@ def _require_only_ok(result: dict, what: str) -> None:
 
 
 @contextlib.contextmanager
-def bare_chain_running(ctx: Context, name: str) -> Iterator[tuple[int, AppliedWatcher, float]]:
+def bare_chain_running(
+    ctx: Context, name: str
+) -> Iterator[tuple[int, AppliedWatcher, float, dict[str, cpu.PidSource]]]:
     """The bare chain of the stack's hops (``baselines/bare_chain.py``), one bare
     listener per service listener, started and probed: (API port, the watcher
-    of its listeners' commits, the watcher's resolution in ms)."""
+    of its listeners' commits, the watcher's resolution in ms, its processes
+    by part as the service's ``cpu_parts``: the relay and listeners are its
+    workers)."""
     prefix = f"{name}_"
     listeners = tuple(chain.listener_names(len(ctx.routing.listeners)))
     url = ctx.postgres.create(name)
     queues: list[str] = []
     services: list[Service] = []
     watcher: AppliedWatcher | None = None
+    admin: psycopg2.extensions.connection | None = None
     try:
         infra.execute(ctx.postgres, name, BARE_COMMANDS_TABLE)
         infra.execute(
@@ -285,8 +291,18 @@ def bare_chain_running(ctx: Context, name: str) -> Iterator[tuple[int, AppliedWa
         eventually(probed, timeout=60, interval=0.1)
         settle(ctx, name)
         watcher.seen = []
-        yield port, watcher, resolution_ms
+        relay_and_listeners = [cpu.tree(service.pid) for service in services[:2]]
+        admin = ctx.postgres.connect()
+        parts = {
+            "api": cpu.tree(api.pid),
+            "workers": lambda: [pid for source in relay_and_listeners for pid in source()],
+            "postgres": cpu.postgres_backends(admin, name),
+            "rabbitmq": cpu.by_name("beam.smp"),
+        }
+        yield port, watcher, resolution_ms, parts
     finally:
+        if admin is not None:
+            admin.close()
         if watcher is not None:
             watcher.close()
         for service in services:
@@ -300,7 +316,7 @@ def bare_chain(ctx: Context) -> dict[str, float]:
     knobs = ctx.knobs
     listeners = tuple(chain.listener_names(len(ctx.routing.listeners)))
     name = f"{ctx.tag}_bare_chain"
-    with bare_chain_running(ctx, name) as (port, watcher, resolution_ms):
+    with bare_chain_running(ctx, name) as (port, watcher, resolution_ms, parts):
         # The chain's messages are a SKU, and RabbitMQ delivers one queue's in
         # order: the n-th message of a SKU is its position n.
         counts: dict[str, int] = defaultdict(int)
@@ -313,7 +329,8 @@ def bare_chain(ctx: Context) -> dict[str, float]:
         exchange = chain.exchange_name(f"{name}_")
         routed = RoutedWatcher(ctx.broker_url, exchange, watcher.seen, stream_position)
         try:
-            result = paced_load(ctx, port, start_position=0)  # the chain counts from 1
+            # The chain counts from 1.
+            result = paced_load(ctx, port, start_position=0, parts=parts)
         finally:
             routed.close()
         expected = result["answered"]
@@ -337,4 +354,5 @@ def bare_chain(ctx: Context) -> dict[str, float]:
         "bare_chain.resolution_ms": resolution_ms,
         "bare_chain.http_p50_ms": statistics.median(r[3] for r in result["records"]) * 1000,
         "bare_chain.busy_pct": result["busy_pct"],
+        **{f"bare_chain.cpu_ms.{part}": ms for part, ms in result["cpu_ms"].items()},
     }

@@ -139,7 +139,7 @@ def sustained_chain(ctx: Context) -> dict[str, float]:
     knobs = ctx.knobs
     name = f"{ctx.tag}_bare_sustained"
     listeners = chain.listener_names(len(ctx.routing.listeners))
-    with bare_chain_running(ctx, name) as (port, watcher, _):
+    with bare_chain_running(ctx, name) as (port, watcher, _, _parts):
         watcher.close()  # counted from the table: its notifications are not needed
         connection = ctx.postgres.connect(name)
         try:

@@ -52,7 +52,7 @@ import psycopg2.extensions
 from tests.support.services import connect
 from tests.support.waiting import eventually
 
-from .. import infra
+from .. import cpu, infra
 from ..context import Context
 from ..cpu import CpuMeter
 from ..loadgen import LoadRun
@@ -236,7 +236,7 @@ def measure(
             routed = RoutedWatcher(service.installation.broker_url, service.exchange, watcher.seen)
             try:
                 # The seeded template's increase was each SKU's first position.
-                result = paced_load(ctx, port, start_position=1)
+                result = paced_load(ctx, port, start_position=1, parts=service.cpu_parts())
             finally:
                 routed.close()
             service.wait_all_applied(timeout=knobs.latency_settle)
@@ -253,6 +253,8 @@ def measure(
     figures["latency.failures"] = float(sum(result["failures"].values()))
     figures["latency.http_p50_ms"] = statistics.median(r[3] for r in result["records"]) * 1000
     figures["latency.busy_pct"] = result["busy_pct"]
+    for part, ms in result["cpu_ms"].items():
+        figures[f"latency.cpu_ms.{part}"] = ms
     return {prefix + name.removeprefix("latency"): value for name, value in figures.items()}
 
 
@@ -272,14 +274,17 @@ def settle(ctx: Context, database: str) -> None:
     infra.execute(ctx.postgres, database, "CHECKPOINT")
 
 
-def paced_load(ctx: Context, port: int, *, start_position: int) -> dict:
+def paced_load(
+    ctx: Context, port: int, *, start_position: int, parts: dict[str, cpu.PidSource]
+) -> dict:
     """The latency load on ``port``: the load generator's result, once it is
     done, with ``busy_pct``: how busy the machine's cores were meanwhile (100
-    is every core all the time). A fixed rate's latency is low only while
-    the machine has cores to spare; the service and its floor on the same
-    machine are compared by it too."""
+    is every core all the time), and ``cpu_ms``: the CPU milliseconds of each
+    of ``parts`` (and of the machine) per command answered. A fixed rate's
+    latency is low only while the machine has cores to spare; the service
+    and its floor on the same machine are compared by these too."""
     knobs = ctx.knobs
-    meter = CpuMeter({})
+    meter = CpuMeter(parts)
     meter.start()
     started = time.monotonic()
     result = LoadRun(
@@ -297,9 +302,14 @@ def paced_load(ctx: Context, port: int, *, start_position: int) -> dict:
         },
         timeout=knobs.latency_warmup + knobs.latency_duration + 60,
     ).result()
+    used = meter.stop()
     cores = psutil.cpu_count() or 1
-    busy = meter.stop()["machine"] / (time.monotonic() - started) / cores
-    return {**result, "busy_pct": 100 * busy}
+    busy = used["machine"] / (time.monotonic() - started) / cores
+    # The window holds the warm-up's commands too: divide by every answer.
+    per_command = {
+        part: 1000 * seconds / max(1, result["answered"]) for part, seconds in used.items()
+    }
+    return {**result, "busy_pct": 100 * busy, "cpu_ms": per_command}
 
 
 def latencies(

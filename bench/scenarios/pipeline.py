@@ -124,14 +124,4 @@ def closed_loop(ctx: Context, port: int, *, warmup: float, window: float) -> Loa
 
 
 def cpu_meter(service: ServiceUnderTest, load: LoadRun) -> CpuMeter:
-    assert service.api is not None
-    workers = [cpu.tree(w.pid) for w in service.workers]
-    return CpuMeter(
-        {
-            "api": cpu.tree(service.api.pid),
-            "workers": lambda: [pid for source in workers for pid in source()],
-            "postgres": cpu.postgres_backends(service.db, service.name),
-            "rabbitmq": cpu.by_name("beam.smp"),
-            "loadgen": cpu.tree(load.process.pid),
-        }
-    )
+    return CpuMeter({**service.cpu_parts(), "loadgen": cpu.tree(load.process.pid)})

@@ -38,6 +38,7 @@ KEYS = 200_000
 HELD = 10_000
 DEAD_OUTBOX_ROWS = 25_000
 LIVE_OUTBOX_ROWS = 100
+OUTBOX = "messaging.messaging_outbox"
 
 
 def stream(number: int) -> str:
@@ -110,7 +111,7 @@ def _rows(scale: int, first: int = 0) -> list[tuple[str, str]]:
 
 def _outbox(live: int, dead: int) -> str:
     """``live`` rows waiting in the outbox behind ``dead`` deleted ones."""
-    table = "messaging.messaging_outbox"
+    table = OUTBOX
     return (
         f"INSERT INTO {table} (message_id, type, schema_version, payload, stream, position, "
         f"created_at) SELECT {_message_id('i', '3')}, "

@@ -23,6 +23,7 @@ from cqrs_warehouse.messaging.listening.actors import (
 )
 from cqrs_warehouse.messaging.routing import Exchange, RoutingConfig
 from cqrs_warehouse.messaging.signing import SIGNATURE, MessageKeys
+from cqrs_warehouse.messaging.storage.models import OutboxRecord
 from tests.db.listening import listener
 from tests.slices.recorders.listeners import watch, watched_messages
 from tests.support.services import unique_name
@@ -263,6 +264,66 @@ def test_failed_drain_is_completed_by_the_next_run(rigs, commands, pending, sku)
     rig.process()
     assert received["everything"] == sent
     assert pending() == []
+
+
+# --- where a take starts (the ids the drain was notified of) -----------------
+
+
+def waiting_ids() -> list[str]:
+    return [str(r.id) for r in OutboxRecord.select(OutboxRecord.id).order_by(OutboxRecord.id)]
+
+
+def test_the_first_run_takes_from_the_start_whatever_it_was_notified_of(
+    rigs, commands, pending, sku
+):
+    rig = rigs([recorder("everything", ["#"], defaultdict(list))])
+    sent = two_products(commands, sku)
+    assert rig.drain.run(waiting_ids()[-1:]) == len(sent)
+    assert pending() == []
+
+
+def test_a_run_takes_from_the_smallest_notified_id_and_one_without_from_the_start(
+    rigs, commands, pending, sku
+):
+    rig = rigs([recorder("everything", ["#"], defaultdict(list))])
+    assert rig.drain.run() == 0  # the first run, from the start
+    sent = two_products(commands, sku)
+    ids = waiting_ids()
+    assert rig.drain.run([ids[3], ids[2], ids[4]]) == 3
+    # Rows it was not notified of are left for a run from the start (the sweep).
+    assert pending() == sent[:2]
+    assert rig.drain.run() == 2
+    assert pending() == []
+
+
+def test_a_notification_that_is_not_an_id_makes_the_run_take_from_the_start(
+    rigs, commands, pending, sku
+):
+    rig = rigs([recorder("everything", ["#"], defaultdict(list))])
+    rig.drain.run()
+    sent = two_products(commands, sku)
+    # A process of an earlier version notified with an empty payload.
+    assert rig.drain.run([waiting_ids()[-1], ""]) == len(sent)
+    assert pending() == []
+
+
+def test_after_a_failed_batch_the_next_run_takes_from_the_start(rigs, commands, pending, sku):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received)])
+    publisher = CountingPublisher(rig.publisher, fail_from_call=2)
+    drain = rig.drain_with(publisher)
+    first = commands.increase_product_quantity(sku, 5)
+    assert drain.run(waiting_ids()) == 1
+    second = commands.ship_product_quantity(sku, 1)
+    with pytest.raises(PublishError):
+        drain.run(waiting_ids())
+    publisher.fail_from_call = None
+    third = commands.ship_product_quantity(sku, 1)
+    # Notified of the third row only: the second came back below it.
+    assert drain.run(waiting_ids()[-1:]) == 2
+    assert pending() == []
+    rig.process()
+    assert received["everything"] == [first, second, third]
 
 
 def test_republished_batch_after_a_crash_before_delete_is_applied_once(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import types
 
+import psycopg2
 import pytest
 
 from cqrs_warehouse.messaging.testing import eventually
@@ -46,10 +47,11 @@ def test_one_process_leads_and_another_takes_over_when_its_connection_goes(subsc
 
 
 def waker(runtime, channel: str, drained: list, swept: list) -> DrainWaker:
+    """``drained``: what each run of the drain was handed (the notifications' payloads)."""
     return DrainWaker(
         database=runtime.database,
         signals=runtime.storage.signals,
-        drain=lambda: drained.append(1),
+        drain=drained.append,
         send_to_drain_actor=lambda: None,
         drain_queue="outbox_drain",
         channel=channel,
@@ -66,7 +68,7 @@ def booted(waker: DrainWaker, queues: set[str] | None) -> DrainWaker:
 
 def test_a_process_that_drains_takes_the_lead(runtime, subscriptions):
     channel = unique_name("outbox")
-    drained: list[int] = []
+    drained: list[list[str]] = []
     leader = booted(waker(runtime, channel, drained, []), None)
     try:
         other = subscriptions(channel)
@@ -82,7 +84,7 @@ def test_a_process_that_drains_takes_the_lead(runtime, subscriptions):
 
 def test_a_process_that_does_not_drain_never_leads(runtime, subscriptions):
     channel = unique_name("outbox")
-    drained: list[int] = []
+    drained: list[list[str]] = []
     swept: list[int] = []
     listener_only = booted(waker(runtime, channel, drained, swept), {"some_listener"})
     try:
@@ -96,3 +98,30 @@ def test_a_process_that_does_not_drain_never_leads(runtime, subscriptions):
         assert drained == []
     finally:
         listener_only.stop()
+
+
+def test_the_drain_is_handed_the_payloads_of_the_notifications_that_woke_it(runtime, subscriptions):
+    channel = unique_name("outbox")
+    drained: list[list[str]] = []
+    leader = booted(waker(runtime, channel, drained, []), None)
+    try:
+
+        def started() -> None:
+            assert drained, "no run yet"
+
+        eventually(started, timeout=10)
+        assert drained[0] == []  # the first run, from the start: nothing handed
+        sender = psycopg2.connect(runtime.settings.database_url)
+        try:
+            with sender, sender.cursor() as cursor:  # one transaction: one wake-up
+                cursor.execute("SELECT pg_notify(%s, '41'), pg_notify(%s, '42')", (channel,) * 2)
+        finally:
+            sender.close()
+
+        def woken() -> None:
+            assert ["41", "42"] in drained
+
+        eventually(woken, timeout=10)
+        assert all(run in ([], ["41", "42"]) for run in drained)  # the sweeps hand nothing
+    finally:
+        leader.stop()

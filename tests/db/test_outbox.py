@@ -254,10 +254,12 @@ def received_notifications(listener):
 
     eventually(arrived)
     listener.poll()
-    return [n.channel for n in listener.notifies]
+    return [(n.channel, n.payload) for n in listener.notifies]
 
 
-def test_commit_that_appended_wakes_the_drain_exactly_once(runtime, nudged, notifications, sku):
+def test_commit_that_appended_wakes_the_drain_once_per_row_with_its_id(
+    runtime, nudged, notifications, sku
+):
     commands, outbox, nudges = nudged
     with pytest.raises(Boom), outbox.transaction():
         commands.increase_product_quantity(sku, 1)
@@ -268,8 +270,12 @@ def test_commit_that_appended_wakes_the_drain_exactly_once(runtime, nudged, noti
         commands.increase_product_quantity(sku, 1)
         commands.increase_product_quantity(sku, 1)
     if is_postgres(runtime):
-        # NOTIFY inside the transaction: delivered only by the commit.
-        assert received_notifications(notifications) == [runtime.settings.notify_channel]
+        # NOTIFY inside the transaction: delivered only by the commit, with
+        # the id of each row it appended (where the drain's take starts).
+        channel = runtime.settings.notify_channel
+        ids = sorted(record.id for record in OutboxRecord.select(OutboxRecord.id))
+        assert len(ids) == 2
+        assert received_notifications(notifications) == [(channel, str(i)) for i in ids]
         assert nudges == []  # the store wakes the drain: the outbox sends nothing
     else:
         assert nudges == [1]

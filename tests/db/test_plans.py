@@ -24,6 +24,7 @@ import pytest
 from cqrs_warehouse.messaging.archive import Archive
 from cqrs_warehouse.messaging.message import Message
 from cqrs_warehouse.messaging.retention import Retention
+from cqrs_warehouse.messaging.storage.outbox import _TAKE_SETTINGS
 from cqrs_warehouse.messaging.storage.positions import Run
 from cqrs_warehouse.runtime import Runtime, build
 from cqrs_warehouse.web import idempotency
@@ -176,3 +177,31 @@ def test_hot_statements_keep_an_index_path(large_runtime: Runtime, plan_cache_mo
         if (tables := _seq_scans(plan))
     ]
     assert not scanned, "sequential scans:\n" + "\n".join(scanned)
+
+
+def test_the_drains_take_from_a_notified_id_does_not_walk_the_rows_taken_before_it(
+    large_runtime: Runtime,
+) -> None:
+    """The outbox's index keeps the entries of taken rows until a vacuum (25,000
+    here, before 100 waiting rows): a take from the start reads their pages,
+    one from the id the drain was notified of does not (messaging.drain)."""
+    database = large_runtime.database
+    _, _, take = large_runtime.storage.outbox._statements()
+    with database.connection_context():
+        # (This lookup walks them too: the index has no other way to the first row.)
+        (first,) = database.execute_sql(f"SELECT min(id) FROM {large_tables.OUTBOX}").fetchone()
+        pages = {}
+        for start in (0, first):
+            with pytest.raises(_Rollback), database.atomic():
+                database.execute_sql(_TAKE_SETTINGS.strip().rstrip(";"))
+                cursor = database.execute_sql(
+                    f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {take}", (start, 500)
+                )
+                plan = cursor.fetchone()[0][0]["Plan"]
+                assert plan["Actual Rows"] == large_tables.LIVE_OUTBOX_ROWS
+                pages[start] = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+                raise _Rollback
+    # Each taken row costs a few pages (its lock, its lookup, its delete);
+    # from the start, the taken rows' entries add a leaf page per few hundred.
+    assert pages[first] <= 8 * large_tables.LIVE_OUTBOX_ROWS, pages
+    assert pages[0] - pages[first] >= large_tables.DEAD_OUTBOX_ROWS // 500, pages

@@ -6,12 +6,24 @@ commits only once the broker has confirmed every message, and rolls back
 (the rows come back) if publishing fails or the process dies first: a crash
 between publish and commit publishes the batch again, and listeners
 recognise the messages they already applied.
+
+Where the database signals commits (PostgreSQL), each notification that
+wakes the drain carries the id of a row just committed, and the drain takes
+from the smallest one: the rows before it were taken already, and their
+entries, which stay in the outbox's index until a vacuum, are not walked
+again by every take (after a burst of 100,000 rows, 276 index pages a take;
+docs/decisions/0024-take-from-the-notified-id.md). It takes from the start
+instead on its first run, after a batch failed (its rows came back), when a
+notification is not an id, and when woken without notifications (the sweep,
+the drain actor): a row nobody notified it of, such as one another drain
+gave back when it crashed, waits at most until the next sweep, as a lost
+wake-up does.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from .metrics import Metrics
@@ -46,19 +58,28 @@ class Drain:
         self.metrics = metrics
         self.batch_size = batch_size
         self.tracing = tracing or Tracing()
+        self._from_start = True  # until a take from the start has begun
 
-    def run(self) -> int:
-        """Publish until the outbox is empty (or only holds rows other drains took)."""
+    def run(self, notified: Iterable[str] = ()) -> int:
+        """Publish until the outbox is empty (or only holds rows other drains
+        took) from the smallest id in ``notified`` on, or from the start."""
+        start = _smallest_id(notified)
+        if self._from_start or start is None:
+            self._from_start, start = False, 0
         total = 0
-        while True:
-            published = self.run_batch()
-            total += published
-            if published < self.batch_size:
-                return total
+        try:
+            while True:
+                published = self.run_batch(start)
+                total += published
+                if published < self.batch_size:
+                    return total
+        except BaseException:
+            self._from_start = True
+            raise
 
-    def run_batch(self) -> int:
+    def run_batch(self, start: int = 0) -> int:
         with self.database.atomic():
-            rows = self.store.take(self.batch_size)
+            rows = self.store.take(self.batch_size, start)
             if not rows:
                 return 0
             with self.tracing.publishing(rows) as sent:  # a span per traced row
@@ -81,3 +102,9 @@ class Drain:
                 },
             )
         return len(rows)
+
+
+def _smallest_id(notified: Iterable[str]) -> int | None:
+    """The smallest of the notified ids; None if there is none, or a payload is not an id."""
+    ids = [int(payload) if payload.isdecimal() else -1 for payload in notified]
+    return None if not ids or min(ids) < 0 else min(ids)

@@ -3,7 +3,8 @@
 Where the database signals commits (PostgreSQL's NOTIFY, see
 ``storage.signals``), the thread LISTENs and drains itself: a wake-up is then
 one query away from the publish, and every notification that arrives while
-it drains is coalesced into one more pass. Several processes drain side by
+it drains is coalesced into one more pass, handed the ids they carry
+(``Drain.run``). Several processes drain side by
 side (the drain takes rows with SKIP LOCKED); one of them leads (it holds a
 lock on its LISTEN connection) and drains as soon as notified, the others
 ``FOLLOWER_DELAY`` later, when there is still something only under a
@@ -43,7 +44,7 @@ class DrainWaker(Middleware):
         *,
         database: Any,
         signals: Signals,
-        drain: Callable[[], Any],
+        drain: Callable[..., Any],
         send_to_drain_actor: Callable[[], Any],
         drain_queue: str,
         channel: str,
@@ -110,11 +111,12 @@ class DrainWaker(Middleware):
         leading = self.drains_here and subscription.try_lock(self.channel)
         self._wake(here=True)  # anything committed before LISTEN took effect
         while not self._stop.is_set():
-            if subscription.wait(self.sweep_interval):
+            notified = subscription.wait(self.sweep_interval)
+            if notified:
                 if not leading:
                     self._stop.wait(FOLLOWER_DELAY)
-                subscription.wait(0)  # coalesce: what arrived meanwhile is this wake-up
-                self._wake(here=True)
+                # Coalesced: what arrived meanwhile is this wake-up.
+                self._wake(here=True, notified=notified + subscription.wait(0))
             else:
                 leading = leading or (self.drains_here and subscription.try_lock(self.channel))
                 self._sweep(here=True)
@@ -128,13 +130,14 @@ class DrainWaker(Middleware):
         except Exception:
             logger.warning("the periodic sweep failed", exc_info=True)
 
-    def _wake(self, *, here: bool) -> None:
-        """Run the drain in this thread (``here``), or send the drain actor a message."""
+    def _wake(self, *, here: bool, notified: list[str] | None = None) -> None:
+        """Run the drain in this thread (``here``), or send the drain actor a message;
+        ``notified``: the payloads of the notifications that woke it."""
         if not self.drains_here:
             return
         try:
             if here:
-                self.drain()
+                self.drain(notified or [])
             else:
                 self.send_to_drain_actor()
         except Exception as error:

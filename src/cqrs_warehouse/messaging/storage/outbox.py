@@ -82,11 +82,17 @@ class OutboxStore:
         """The last position appended in ``stream`` (0 if none)."""
         return max((int(last) for _, last in _HEADS.rows(stream)), default=0)
 
-    def take(self, limit: int) -> list[OutboxRow]:
-        """The oldest rows, deleted by the open transaction (they come back if it
-        rolls back). On SQLite the transaction began IMMEDIATE: it holds the
-        write lock, so no other drain takes them meanwhile."""
-        query = OutboxRecord.select(*_ROW_FIELDS).order_by(OutboxRecord.id).limit(limit)
+    def take(self, limit: int, start: int = 0) -> list[OutboxRow]:
+        """The oldest rows from id ``start`` on, deleted by the open transaction
+        (they come back if it rolls back). On SQLite the transaction began
+        IMMEDIATE: it holds the write lock, so no other drain takes them
+        meanwhile."""
+        query = (
+            OutboxRecord.select(*_ROW_FIELDS)
+            .where(OutboxRecord.id >= start)
+            .order_by(OutboxRecord.id)
+            .limit(limit)
+        )
         rows = [OutboxRow(*row) for row in query.tuples().iterator()]
         if rows:
             OutboxRecord.delete().where(OutboxRecord.id.in_([row.id for row in rows])).execute()
@@ -132,9 +138,11 @@ class PostgresOutboxStore(OutboxStore):
     """Each operation in one statement, prepared once per connection.
 
     An append reads and advances the stream's heads, inserts the row (its
-    predecessors computed by PostgreSQL) and NOTIFYs the drain, which
-    PostgreSQL delivers only if the transaction commits (a NOTIFY repeated in
-    one transaction is delivered once). ``take`` deletes the batch with
+    predecessors computed by PostgreSQL) and NOTIFYs the drain with the row's
+    id, which PostgreSQL delivers only if the transaction commits. ``take``
+    starts at an id the drain was notified of (``messaging.drain``), so that
+    its index scan does not walk the entries of the rows taken before it,
+    which stay in the index until a vacuum. It deletes the batch with
     ``FOR UPDATE SKIP LOCKED``, so several drains take different rows, and
     turns ``synchronous_commit`` off for its transaction: were PostgreSQL to
     crash before writing that commit, the rows would come back and be
@@ -175,9 +183,9 @@ class PostgresOutboxStore(OutboxStore):
         ((predecessors, _),) = self.database.execute_prepared(sql, values).fetchall()
         return None if predecessors is None else json.loads(predecessors)
 
-    def take(self, limit: int) -> list[OutboxRow]:
+    def take(self, limit: int, start: int = 0) -> list[OutboxRow]:
         _, _, take = self._statements()
-        cursor = self.database.execute_prepared(take, (limit,), prefix=_TAKE_SETTINGS)
+        cursor = self.database.execute_prepared(take, (start, limit), prefix=_TAKE_SETTINGS)
         # RETURNING does not keep the subquery's order: publish oldest first.
         return sorted((OutboxRow(*row) for row in cursor.fetchall()), key=lambda r: r.id)
 
@@ -200,7 +208,7 @@ def _postgres_statements() -> tuple[str, str, str]:
     ``previous`` reads the heads as the statement's snapshot has them: before
     ``advanced`` moves this routing key's head (the parts of one statement do
     not see each other's writes). pg_notify is in the final SELECT so that it
-    runs exactly once, for the one row inserted.
+    runs exactly once, for the one row inserted, with its id.
     """
     heads, outbox = qualified_name(StreamHead), qualified_name(OutboxRecord)
     insert = (
@@ -209,7 +217,7 @@ def _postgres_statements() -> tuple[str, str, str]:
         "VALUES (%(message_id)s, %(type)s, %(schema_version)s, %(payload)s, %(stream)s, "
         "%(position)s, %(created_at)s, %(correlation_id)s, %(traceparent)s, %(tracestate)s, "
         "{predecessors}) "
-        "RETURNING predecessors"
+        "RETURNING id, predecessors"
     )
     in_stream = (
         "WITH previous AS ("
@@ -224,16 +232,16 @@ def _postgres_statements() -> tuple[str, str, str]:
             predecessors="(SELECT COALESCE(jsonb_object_agg(routing_key, position), "
             "'{}'::jsonb)::text FROM previous)"
         )
-        + ") SELECT predecessors, pg_notify(%(channel)s, '') FROM stored"
+        + ") SELECT predecessors, pg_notify(%(channel)s, id::text) FROM stored"
     )
     plain = (
         "WITH stored AS ("
         + insert.format(predecessors="NULL")
-        + ") SELECT predecessors, pg_notify(%(channel)s, '') FROM stored"
+        + ") SELECT predecessors, pg_notify(%(channel)s, id::text) FROM stored"
     )
     take = (
         f"DELETE FROM {outbox} WHERE id IN ("
-        f"SELECT id FROM {outbox} ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
+        f"SELECT id FROM {outbox} WHERE id >= %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
         f"RETURNING {', '.join(OutboxRow._fields)}"
     )
     return in_stream, plain, take
