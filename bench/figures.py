@@ -382,7 +382,10 @@ def method(k: Knobs, fan_out: int) -> str:
   slowest listener. "Cores busy" is the machine's CPU time (user, system, interrupts; not
   time stolen by a hypervisor) over the load's wall time and the number of cores, for the
   service's load and the floor's: a fixed rate's latency stays near its floor only while
-  the machine has cores to spare.
+  the machine has cores to spare. "CPU per command" is the CPU time of each part over the
+  same load (its warm-up included) divided by the commands answered: the API (gunicorn),
+  the workers (the floor's: its relay and bare listeners), the PostgreSQL backends of the
+  run's database, RabbitMQ's VM, and the whole machine.
 - **Backlog**: the events are written by the service's own commands, in-process
   (bench/fill_outbox.py: `cqrs_warehouse.runtime.build` + the warehouse's commands, 500 to a
   transaction, {k.backlog_fill_parts} processes side by side) into a template database once per
