@@ -51,7 +51,7 @@ def waker(runtime, channel: str, drained: list, swept: list) -> DrainWaker:
     return DrainWaker(
         database=runtime.database,
         signals=runtime.storage.signals,
-        drain=drained.append,
+        drain=lambda notified: drained.append(list(notified)),
         send_to_drain_actor=lambda: None,
         drain_queue="outbox_drain",
         channel=channel,

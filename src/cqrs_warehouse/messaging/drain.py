@@ -8,22 +8,18 @@ between publish and commit publishes the batch again, and listeners
 recognise the messages they already applied.
 
 Where the database signals commits (PostgreSQL), each notification that
-wakes the drain carries the id of a row just committed, and the drain takes
-from the smallest one: the rows before it were taken already, and their
-entries, which stay in the outbox's index until a vacuum, are not walked
-again by every take (after a burst of 100,000 rows, 276 index pages a take;
-docs/decisions/0024-take-from-the-notified-id.md). It takes from the start
-instead on its first run, after a batch failed (its rows came back), when a
-notification is not an id, and when woken without notifications (the sweep,
-the drain actor): a row nobody notified it of, such as one another drain
-gave back when it crashed, waits at most until the next sweep, as a lost
-wake-up does.
+wakes the drain carries the id of a row just committed, and the take starts
+at the smallest: the rows before it were taken already
+(docs/decisions/0024-take-from-the-notified-id.md says why). It starts at
+the beginning instead on its first run, after a batch failed (its rows came
+back), when a notification is not an id, and when woken without
+notifications (the sweep, the drain actor).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .metrics import Metrics
@@ -60,7 +56,7 @@ class Drain:
         self.tracing = tracing or Tracing()
         self._from_start = True  # until a take from the start has begun
 
-    def run(self, notified: Iterable[str] = ()) -> int:
+    def run(self, notified: Sequence[str] = ()) -> int:
         """Publish until the outbox is empty (or only holds rows other drains
         took) from the smallest id in ``notified`` on, or from the start."""
         start = _smallest_id(notified)
@@ -104,7 +100,8 @@ class Drain:
         return len(rows)
 
 
-def _smallest_id(notified: Iterable[str]) -> int | None:
+def _smallest_id(notified: Sequence[str]) -> int | None:
     """The smallest of the notified ids; None if there is none, or a payload is not an id."""
-    ids = [int(payload) if payload.isdecimal() else -1 for payload in notified]
-    return None if not ids or min(ids) < 0 else min(ids)
+    if not notified or not all(payload.isdecimal() for payload in notified):
+        return None
+    return min(map(int, notified))

@@ -4,8 +4,8 @@ Where the database signals commits (PostgreSQL's NOTIFY, see
 ``storage.signals``), the thread LISTENs and drains itself: a wake-up is then
 one query away from the publish, and every notification that arrives while
 it drains is coalesced into one more pass, handed the ids they carry
-(``Drain.run``). Several processes drain side by
-side (the drain takes rows with SKIP LOCKED); one of them leads (it holds a
+(``Drain.run``). Several processes drain side by side (the drain takes
+rows with SKIP LOCKED); one of them leads (it holds a
 lock on its LISTEN connection) and drains as soon as notified, the others
 ``FOLLOWER_DELAY`` later, when there is still something only under a
 backlog. When the leader goes, its lock goes with its connection and
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dramatiq
@@ -44,7 +44,7 @@ class DrainWaker(Middleware):
         *,
         database: Any,
         signals: Signals,
-        drain: Callable[..., Any],
+        drain: Callable[[Sequence[str]], Any],
         send_to_drain_actor: Callable[[], Any],
         drain_queue: str,
         channel: str,
@@ -130,14 +130,14 @@ class DrainWaker(Middleware):
         except Exception:
             logger.warning("the periodic sweep failed", exc_info=True)
 
-    def _wake(self, *, here: bool, notified: list[str] | None = None) -> None:
+    def _wake(self, *, here: bool, notified: Sequence[str] = ()) -> None:
         """Run the drain in this thread (``here``), or send the drain actor a message;
         ``notified``: the payloads of the notifications that woke it."""
         if not self.drains_here:
             return
         try:
             if here:
-                self.drain(notified or [])
+                self.drain(notified)
             else:
                 self.send_to_drain_actor()
         except Exception as error:
