@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,10 +23,38 @@ BIN = Path(sys.executable).parent
 _running: list[Service] = []
 
 
+#: The lowest port of those handed to servers started here.
+_LOWEST_PORT = 10_000
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, for a server about to start, below the range
+    the kernel takes the local ports of outgoing connections from. A port from
+    ``bind(0)`` is in that range, and any connection to PostgreSQL or RabbitMQ
+    could take it before the server binds it (seen: dramatiq's metrics server
+    failing with "Address already in use", and the test waiting for it)."""
+    highest = _ephemeral_ports_start()
+    if highest <= _LOWEST_PORT:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    for _ in range(200):
+        port = random.randrange(_LOWEST_PORT, highest)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port between {_LOWEST_PORT} and {highest}")
+
+
+def _ephemeral_ports_start() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
 
 
 @dataclass
