@@ -10,6 +10,7 @@ import json
 from collections import defaultdict
 
 import dramatiq
+import psycopg2
 import pytest
 from dramatiq.middleware import CurrentMessage
 
@@ -23,7 +24,9 @@ from cqrs_warehouse.messaging.listening.actors import (
 )
 from cqrs_warehouse.messaging.routing import Exchange, RoutingConfig
 from cqrs_warehouse.messaging.signing import SIGNATURE, MessageKeys
-from cqrs_warehouse.messaging.storage.models import OutboxRecord
+from cqrs_warehouse.messaging.storage.models import OutboxRecord, qualified_name
+from cqrs_warehouse.messaging.storage.outbox import notified_id
+from cqrs_warehouse.messaging.testing import eventually
 from tests.db.listening import listener
 from tests.slices.recorders.listeners import watch, watched_messages
 from tests.support.services import unique_name
@@ -324,6 +327,144 @@ def test_after_a_failed_batch_the_next_run_takes_from_the_start(rigs, commands, 
     assert pending() == []
     rig.process()
     assert received["everything"] == [first, second, third]
+
+
+# --- the leader publishes the rows its notifications carry (PostgreSQL) -------
+
+
+@pytest.fixture
+def notified(runtime):
+    """``notified(count)``: the payloads of the outbox's notifications, once
+    ``count`` have arrived (they arrive after the commit)."""
+    connection = psycopg2.connect(runtime.settings.database_url)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'LISTEN "{runtime.settings.notify_channel}"')
+
+    def payloads(count: int) -> list[str]:
+        def arrived() -> None:
+            connection.poll()
+            assert len(connection.notifies) >= count
+
+        eventually(arrived, timeout=10)
+        return [notice.payload for notice in connection.notifies]
+
+    yield payloads
+    connection.close()
+
+
+class SeeingPublisher:
+    """Wraps a publisher: records which rows were still in the outbox, in the
+    drain's own transaction, as each batch was published."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.seen: list[int] = []  # per batch: how many of its rows were still there
+
+    def publish(self, rows):
+        ids = [row.id for row in rows]
+        self.seen.append(OutboxRecord.select().where(OutboxRecord.id.in_(ids)).count())
+        return self.inner.publish(rows)
+
+
+@pytest.mark.parametrize("runtime", ["postgres"], indirect=True)
+def test_the_leader_publishes_the_notified_rows_and_only_then_takes_them(
+    rigs, commands, pending, notified, sku
+):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received)])
+    seeing = SeeingPublisher(rig.publisher)
+    drain = rig.drain_with(seeing)
+    sent = two_products(commands, sku)
+    payloads = notified(len(sent))
+    # The first run takes from the start, whatever it is handed: all five.
+    assert drain.run(payloads[:2], as_notified=True) == len(sent)
+    assert seeing.seen == [0]  # taken (deleted) before they were published
+    # Three were taken before their notifications came: handed those, it takes
+    # (and finds nothing), as it must not publish them again.
+    assert drain.run(payloads[2:], as_notified=True) == 0
+    more = two_products(commands, f"{sku}-2")
+    payloads = notified(len(sent) + len(more))[len(sent) :]
+    assert drain.run(payloads, as_notified=True) == len(more)
+    assert seeing.seen == [0, len(more)]  # published while still in the outbox
+    assert pending() == []  # and deleted with the commit
+    rig.process()
+    assert received["everything"] == sent + more
+
+
+@pytest.mark.parametrize("runtime", ["postgres"], indirect=True)
+def test_a_drain_that_does_not_lead_takes_from_the_smallest_notified_row(
+    rigs, commands, pending, notified, sku
+):
+    rig = rigs([recorder("everything", ["#"], defaultdict(list))])
+    seeing = SeeingPublisher(rig.publisher)
+    drain = rig.drain_with(seeing)
+    drain.run()
+    sent = two_products(commands, sku)
+    assert drain.run(notified(len(sent))[2:]) == 3
+    assert seeing.seen == [0]  # taken before it was published
+    assert pending() == sent[:2]
+
+
+@pytest.mark.parametrize("runtime", ["postgres"], indirect=True)
+def test_notifications_of_which_one_carries_only_an_id_make_the_leader_take(
+    rigs, runtime, commands, pending, notified, sku
+):
+    rig = rigs([recorder("everything", ["#"], defaultdict(list))])
+    seeing = SeeingPublisher(rig.publisher)
+    drain = rig.drain_with(seeing)
+    drain.run()
+    sent = two_products(commands, sku)
+    payloads = notified(len(sent))
+    payloads[3] = str(notified_id(payloads[3]))  # as for a row too long to carry
+    assert drain.run(payloads[1:], as_notified=True) == 4
+    assert seeing.seen == [0]  # taken before it was published
+    assert pending() == sent[:1]
+
+
+@pytest.mark.parametrize("runtime", ["postgres"], indirect=True)
+def test_a_notified_row_another_drain_holds_is_published_but_left_to_that_drain(
+    rigs, runtime, commands, pending, notified, sku
+):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received)])
+    rig.drain.run()
+    sent = two_products(commands, sku)
+    held_id = notified_id(notified(len(sent))[0])
+    other = psycopg2.connect(runtime.settings.database_url)  # another drain, mid-batch
+    try:
+        with other.cursor() as cursor:
+            table = qualified_name(OutboxRecord)
+            cursor.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE", (held_id,))
+            # Not held up by the lock (SKIP LOCKED): the others are deleted.
+            assert rig.drain.run(notified(len(sent)), as_notified=True) == len(sent)
+            assert pending() == sent[:1]
+        other.rollback()  # that drain failed: the row is still there to publish
+    finally:
+        other.close()
+    rig.process()
+    assert received["everything"] == sent  # (the listener recognises a second copy)
+
+
+@pytest.mark.parametrize("runtime", ["postgres"], indirect=True)
+def test_after_a_failed_batch_of_notified_rows_the_next_run_takes_from_the_start(
+    rigs, commands, pending, notified, sku
+):
+    received = defaultdict(list)
+    rig = rigs([recorder("everything", ["#"], received)])
+    publisher = CountingPublisher(rig.publisher, fail_from_call=1)
+    drain = rig.drain_with(publisher)
+    drain.run()  # (finds nothing to publish)
+    sent = two_products(commands, sku)
+    with pytest.raises(PublishError):
+        drain.run(notified(len(sent)), as_notified=True)
+    assert pending() == sent  # nothing was deleted
+    publisher.fail_from_call = None
+    last = commands.increase_product_quantity(sku, 1)
+    assert drain.run(notified(len(sent) + 1)[-1:], as_notified=True) == len(sent) + 1
+    assert pending() == []
+    rig.process()
+    assert received["everything"] == [*sent, last]
 
 
 def test_republished_batch_after_a_crash_before_delete_is_applied_once(

@@ -3,13 +3,14 @@ the one holding the installation's lock on its LISTEN connection, on PostgreSQL.
 
 from __future__ import annotations
 
+import threading
 import types
 
 import psycopg2
 import pytest
 
 from cqrs_warehouse.messaging.testing import eventually
-from cqrs_warehouse.messaging.waking import DrainWaker
+from cqrs_warehouse.messaging.waking import FOLLOWER_DELAY, DrainWaker
 from tests.support.services import unique_name
 
 # The runtime fixture, on PostgreSQL only (SQLite has no signals between processes).
@@ -46,12 +47,12 @@ def test_one_process_leads_and_another_takes_over_when_its_connection_goes(subsc
     eventually(taken_over, timeout=10)
 
 
-def waker(runtime, channel: str, drained: list, swept: list) -> DrainWaker:
+def waker(runtime, channel: str, drained: list, swept: list, *, drain=None) -> DrainWaker:
     """``drained``: what each run of the drain was handed (the notifications' payloads)."""
     return DrainWaker(
         database=runtime.database,
         signals=runtime.storage.signals,
-        drain=lambda notified: drained.append(list(notified)),
+        drain=drain or (lambda notified, as_notified: drained.append(list(notified))),
         send_to_drain_actor=lambda: None,
         drain_queue="outbox_drain",
         channel=channel,
@@ -125,3 +126,61 @@ def test_the_drain_is_handed_the_payloads_of_the_notifications_that_woke_it(runt
         assert all(run in ([], ["41", "42"]) for run in drained)  # the sweeps hand nothing
     finally:
         leader.stop()
+
+
+def notify(runtime, channel: str, payload: str) -> None:
+    sender = psycopg2.connect(runtime.settings.database_url)
+    try:
+        with sender, sender.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+    finally:
+        sender.close()
+
+
+def until(condition) -> None:
+    """Wait (10 s at most) until ``condition()`` is true."""
+
+    def holds() -> None:
+        assert condition()
+
+    eventually(holds, timeout=10)
+
+
+def test_only_the_leader_with_fresh_notifications_publishes_the_notified_rows(runtime):
+    channel = unique_name("outbox")
+    runs: dict[str, list[tuple[list[str], bool]]] = {"leader": [], "follower": []}
+
+    def drain_of(name: str):
+        def drain(notified, as_notified):
+            runs[name].append((list(notified), as_notified))
+            if name == "leader" and notified == ["slow"]:
+                # A long run: a notification that arrives meanwhile waits for it.
+                notify(runtime, channel, "during")
+                threading.Event().wait(2 * FOLLOWER_DELAY)
+
+        return drain
+
+    leader = booted(waker(runtime, channel, [], [], drain=drain_of("leader")), None)
+    follower = None
+    try:
+        until(lambda: runs["leader"])  # it took the lead, and drained
+        follower = booted(waker(runtime, channel, [], [], drain=drain_of("follower")), None)
+        until(lambda: runs["follower"])
+
+        everything = ["first", "slow", "during", "after"]
+        for payload in everything[:2]:
+            notify(runtime, channel, payload)
+            until(lambda p=payload: ([p], True) in runs["leader"])
+        # Notified while the leader was busy for longer than half the followers'
+        # delay: taken, as the followers may have acted on it.
+        until(lambda: (["during"], False) in runs["leader"])
+        notify(runtime, channel, "after")
+        until(lambda: (["after"], True) in runs["leader"])
+        # The follower, FOLLOWER_DELAY later, is handed them too (coalesced
+        # as they came), and always takes.
+        until(lambda: [p for run, _ in runs["follower"] for p in run][-4:] == everything)
+        assert all(not as_notified for _, as_notified in runs["follower"])
+    finally:
+        leader.stop()
+        if follower is not None:
+            follower.stop()

@@ -17,6 +17,7 @@ from cqrs_warehouse.messaging.errors import (
 from cqrs_warehouse.messaging.message import Message
 from cqrs_warehouse.messaging.outbox import Outbox
 from cqrs_warehouse.messaging.storage.models import OutboxRecord
+from cqrs_warehouse.messaging.storage.outbox import OutboxRow, notified_id, notified_row
 from cqrs_warehouse.messaging.testing import eventually
 from cqrs_warehouse.warehouse.commands import Commands, ProductStock
 from cqrs_warehouse.warehouse.errors import InsufficientQuantityOnHandError
@@ -257,7 +258,14 @@ def received_notifications(listener):
     return [(n.channel, n.payload) for n in listener.notifies]
 
 
-def test_commit_that_appended_wakes_the_drain_once_per_row_with_its_id(
+def stored_rows() -> list[OutboxRow]:
+    """The outbox's rows as the drain takes them, oldest first."""
+    query = OutboxRecord.select(*[getattr(OutboxRecord, f) for f in OutboxRow._fields])
+    rows = [OutboxRow(*row) for row in query.order_by(OutboxRecord.id).tuples()]
+    return [row._replace(payload=bytes(row.payload)) for row in rows]
+
+
+def test_commit_that_appended_wakes_the_drain_once_per_row_with_the_row(
     runtime, nudged, notifications, sku
 ):
     commands, outbox, nudges = nudged
@@ -271,14 +279,37 @@ def test_commit_that_appended_wakes_the_drain_once_per_row_with_its_id(
         commands.increase_product_quantity(sku, 1)
     if is_postgres(runtime):
         # NOTIFY inside the transaction: delivered only by the commit, with
-        # the id of each row it appended (where the drain's take starts).
+        # each row it appended (which the leading drain publishes as it is).
         channel = runtime.settings.notify_channel
-        ids = sorted(record.id for record in OutboxRecord.select(OutboxRecord.id))
-        assert len(ids) == 2
-        assert received_notifications(notifications) == [(channel, str(i)) for i in ids]
+        rows = stored_rows()
+        assert len(rows) == 2
+        received = received_notifications(notifications)
+        assert [c for c, _ in received] == [channel, channel]
+        assert [notified_row(payload) for _, payload in received] == rows
+        assert [notified_id(payload) for _, payload in received] == [row.id for row in rows]
         assert nudges == []  # the store wakes the drain: the outbox sends nothing
     else:
         assert nudges == [1]
+
+
+@pytest.mark.parametrize("runtime", ["postgres"], indirect=True)
+def test_a_row_too_long_for_a_notification_is_notified_by_its_id(
+    runtime, outbox, notifications, sku
+):
+    # A payload of 6,000 bytes is 8,000 characters of base64: over NOTIFY's limit.
+    with outbox.transaction():
+        outbox.append(increased_message(sku + "x" * 6000))
+    [row] = stored_rows()
+    [(_, payload)] = received_notifications(notifications)
+    assert payload == str(row.id)
+    assert notified_row(payload) is None
+    assert notified_id(payload) == row.id
+
+
+def test_a_notification_that_names_no_row_is_read_as_none():
+    assert notified_row("") is None and notified_id("") is None
+    assert notified_row("[1, 2]") is None and notified_id("[1, 2]") is None
+    assert notified_row("[not json") is None and notified_id("x") is None
 
 
 def test_transaction_that_rolled_back_or_appended_nothing_does_not_nudge(nudged, sku):

@@ -8,11 +8,15 @@ between publish and commit publishes the batch again, and listeners
 recognise the messages they already applied.
 
 Where the database signals commits (PostgreSQL), each notification that
-wakes the drain carries the id of a row just committed, and the take starts
-at the smallest: the rows before it were taken already
-(docs/decisions/0024-take-from-the-notified-id.md says why). It starts at
-the beginning instead on its first run, after a batch failed (its rows came
-back), when a notification is not an id, and when woken without
+wakes the drain carries a row just committed (its id alone if the row is too
+long for a notification). The leading drain, woken by fresh notifications,
+publishes those rows as they are and deletes them once they are confirmed,
+with the COMMIT: no query stands between a commit and its publication
+(docs/decisions/0025-publish-the-notified-row.md). Otherwise the take starts
+at the smallest notified id: the rows before it were taken already
+(docs/decisions/0024-take-from-the-notified-id.md). It starts at the
+beginning instead on its first run, after a batch failed (its rows came
+back), when a notification names no row, and when woken without
 notifications (the sweep, the drain actor).
 """
 
@@ -23,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .metrics import Metrics
-from .storage.outbox import OutboxRow, OutboxStore
+from .storage.outbox import OutboxRow, OutboxStore, notified_id, notified_row
 from .tracing import Tracing
 
 logger = logging.getLogger(__name__)
@@ -55,31 +59,62 @@ class Drain:
         self.batch_size = batch_size
         self.tracing = tracing or Tracing()
         self._from_start = True  # until a take from the start has begun
+        # Whether the last run took rows whose notifications are still to come
+        # (and not to be published as notified); the first run may.
+        self._took_unnotified = True
 
-    def run(self, notified: Sequence[str] = ()) -> int:
+    def run(self, notified: Sequence[str] = (), *, as_notified: bool = False) -> int:
         """Publish until the outbox is empty (or only holds rows other drains
-        took) from the smallest id in ``notified`` on, or from the start."""
-        start = _smallest_id(notified)
-        if self._from_start or start is None:
-            self._from_start, start = False, 0
-        total = 0
+        took) from the smallest id in ``notified`` on, or from the start.
+
+        ``as_notified``: when every notification carries its row, publish
+        those rows and nothing else, without taking them first (for the
+        leading drain, whose notifications no other drain has acted on yet:
+        ``waking.DrainWaker``). Not after a run that took rows it was not
+        notified of: their notifications are still to come.
+        """
         try:
+            rows = _rows(notified) if as_notified and not self._took_unnotified else None
+            if rows:
+                return self._publish_notified(rows)
+            start = 0 if self._from_start else _smallest_id(notified)
+            self._from_start = self._took_unnotified = False
+            known = {notified_id(payload) for payload in notified}
+            total = 0
             while True:
-                published = self.run_batch(start)
-                total += published
-                if published < self.batch_size:
+                taken = self.run_batch(start)
+                total += len(taken)
+                self._took_unnotified |= any(row.id not in known for row in taken)
+                if len(taken) < self.batch_size:
                     return total
         except BaseException:
-            self._from_start = True
+            self._from_start = self._took_unnotified = True
             raise
 
-    def run_batch(self, start: int = 0) -> int:
+    def run_batch(self, start: int = 0) -> Sequence[OutboxRow]:
+        """Take a batch of rows from id ``start`` on and publish it; the rows."""
         with self.database.atomic():
             rows = self.store.take(self.batch_size, start)
             if not rows:
-                return 0
-            with self.tracing.publishing(rows) as sent:  # a span per traced row
-                after_commit = self.publisher.publish(sent)
+                return rows
+            after_commit = self._publish(rows)
+        self._published(rows, after_commit)
+        return rows
+
+    def _publish_notified(self, rows: Sequence[OutboxRow]) -> int:
+        for first in range(0, len(rows), self.batch_size):
+            batch = rows[first : first + self.batch_size]
+            with self.database.atomic():
+                after_commit = self._publish(batch)
+                self.store.take_published([row.id for row in batch])
+            self._published(batch, after_commit)
+        return len(rows)
+
+    def _publish(self, rows: Sequence[OutboxRow]) -> Callable[[], None] | None:
+        with self.tracing.publishing(rows) as sent:  # a span per traced row
+            return self.publisher.publish(sent)
+
+    def _published(self, rows: Sequence[OutboxRow], after_commit: Callable[[], None] | None) -> int:
         if after_commit is not None:
             after_commit()
         self.metrics.count_published(len(rows))
@@ -100,8 +135,15 @@ class Drain:
         return len(rows)
 
 
-def _smallest_id(notified: Sequence[str]) -> int | None:
-    """The smallest of the notified ids; None if there is none, or a payload is not an id."""
-    if not notified or not all(payload.isdecimal() for payload in notified):
-        return None
-    return min(map(int, notified))
+def _rows(notified: Sequence[str]) -> list[OutboxRow] | None:
+    """The rows the notifications carry, oldest first; None unless each carries its row."""
+    rows = [notified_row(payload) for payload in notified]
+    carried = [row for row in rows if row is not None]
+    return sorted(carried, key=lambda row: row.id) if len(carried) == len(rows) else None
+
+
+def _smallest_id(notified: Sequence[str]) -> int:
+    """The smallest notified id; 0 (the start) if there is none, or one names no row."""
+    ids = [notified_id(payload) for payload in notified]
+    named = [id_ for id_ in ids if id_ is not None]
+    return min(named) if named and len(named) == len(ids) else 0

@@ -2,14 +2,16 @@
 
 Where the database signals commits (PostgreSQL's NOTIFY, see
 ``storage.signals``), the thread LISTENs and drains itself: a wake-up is then
-one query away from the publish, and every notification that arrives while
-it drains is coalesced into one more pass, handed the ids they carry
-(``Drain.run``). Several processes drain side by side (the drain takes
-rows with SKIP LOCKED); one of them leads (it holds a
-lock on its LISTEN connection) and drains as soon as notified, the others
-``FOLLOWER_DELAY`` later, when there is still something only under a
-backlog. When the leader goes, its lock goes with its connection and
-another process takes the lead at its next sweep.
+no query away from the publish, and every notification that arrives while
+it drains is coalesced into one more pass, handed the rows they carry
+(``Drain.run``). Several processes drain side by side (the drain takes rows
+with SKIP LOCKED); one of them leads (it holds a lock on its LISTEN
+connection) and drains as soon as notified, the others ``FOLLOWER_DELAY``
+later, when there is still something only under a backlog. The leader
+publishes the notified rows as they are, without taking them first, while
+its notifications are fresh enough that no follower has acted on them yet.
+When the leader goes, its lock goes with its connection and another process
+takes the lead at its next sweep.
 
 Elsewhere (SQLite) a commit wakes the drain by sending the drain actor a
 message (``Outbox.wake_drain``), and this thread only sweeps.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,7 +47,7 @@ class DrainWaker(Middleware):
         *,
         database: Any,
         signals: Signals,
-        drain: Callable[[Sequence[str]], Any],
+        drain: Callable[..., Any],
         send_to_drain_actor: Callable[[], Any],
         drain_queue: str,
         channel: str,
@@ -110,14 +113,26 @@ class DrainWaker(Middleware):
     def _follow(self, subscription: Subscription) -> None:
         leading = self.drains_here and subscription.try_lock(self.channel)
         self._wake(here=True)  # anything committed before LISTEN took effect
+        waited = time.monotonic()  # when this thread last returned from a wait
         while not self._stop.is_set():
+            # No notification that a wait returns arrived before the last one
+            # returned: none is older than the time since then (or it came in
+            # while it waited).
+            away = time.monotonic() - waited
             notified = subscription.wait(self.sweep_interval)
             if notified:
                 if not leading:
                     self._stop.wait(FOLLOWER_DELAY)
                 # Coalesced: what arrived meanwhile is this wake-up.
-                self._wake(here=True, notified=notified + subscription.wait(0))
+                notified += subscription.wait(0)
+                waited = time.monotonic()
+                # The followers act FOLLOWER_DELAY after a notification: until
+                # then the leader may publish the notified rows without taking
+                # them first (Drain.run), with a margin.
+                fresh = leading and away < FOLLOWER_DELAY / 2
+                self._wake(here=True, notified=notified, as_notified=fresh)
             else:
+                waited = time.monotonic()
                 leading = leading or (self.drains_here and subscription.try_lock(self.channel))
                 self._sweep(here=True)
 
@@ -130,14 +145,15 @@ class DrainWaker(Middleware):
         except Exception:
             logger.warning("the periodic sweep failed", exc_info=True)
 
-    def _wake(self, *, here: bool, notified: Sequence[str] = ()) -> None:
+    def _wake(self, *, here: bool, notified: Sequence[str] = (), as_notified: bool = False) -> None:
         """Run the drain in this thread (``here``), or send the drain actor a message;
-        ``notified``: the payloads of the notifications that woke it."""
+        ``notified``: the payloads of the notifications that woke it, whose rows
+        it publishes as they are if ``as_notified``."""
         if not self.drains_here:
             return
         try:
             if here:
-                self.drain(notified)
+                self.drain(notified, as_notified=as_notified)
             else:
                 self.send_to_drain_actor()
         except Exception as error:

@@ -7,8 +7,10 @@ does each operation in one statement. Used by ``messaging.outbox`` and
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import peewee
@@ -98,6 +100,12 @@ class OutboxStore:
             OutboxRecord.delete().where(OutboxRecord.id.in_([row.id for row in rows])).execute()
         return rows
 
+    def take_published(self, ids: Sequence[int]) -> None:
+        """Delete the rows ``ids``, whose messages the drain published from their
+        notifications, in the open transaction; a row another drain has taken
+        meanwhile is left to it."""
+        OutboxRecord.delete().where(OutboxRecord.id.in_(list(ids))).execute()
+
     def status(self) -> tuple[int, float | None]:
         """How many rows wait, and the age in seconds of the oldest."""
         count, oldest = OutboxRecord.select(
@@ -138,8 +146,11 @@ class PostgresOutboxStore(OutboxStore):
     """Each operation in one statement, prepared once per connection.
 
     An append reads and advances the stream's heads, inserts the row (its
-    predecessors computed by PostgreSQL) and NOTIFYs the drain with the row's
-    id, which PostgreSQL delivers only if the transaction commits. ``take``
+    predecessors computed by PostgreSQL) and NOTIFYs the drain with the row
+    (its id alone if the row does not fit in a notification), which
+    PostgreSQL delivers only if the transaction commits: the leading drain
+    publishes it from there, and only then deletes it (``take_published``,
+    docs/decisions/0025-publish-the-notified-row.md). ``take``
     starts at an id the drain was notified of (``messaging.drain``), so that
     its index scan does not walk the entries of the rows taken before it,
     which stay in the index until a vacuum. It deletes the batch with
@@ -155,7 +166,7 @@ class PostgresOutboxStore(OutboxStore):
     def __init__(self, database: Any, notify_channel: str) -> None:
         self.database = database
         self.notify_channel = notify_channel
-        self._sql: tuple[str, str, str] | None = None
+        self._sql: _Statements | None = None
 
     def append(
         self,
@@ -164,7 +175,6 @@ class PostgresOutboxStore(OutboxStore):
         correlation_id: str | None,
         trace_context: tuple[str | None, str | None] = (None, None),
     ) -> dict[str, int] | None:
-        in_stream, plain, _ = self._statements()
         values = {
             "message_id": message.id,
             "type": message.type,
@@ -179,17 +189,23 @@ class PostgresOutboxStore(OutboxStore):
             "routing_key": message.routing_key,
             "channel": self.notify_channel,
         }
-        sql = in_stream if message.stream else plain
+        statements = self._statements()
+        sql = statements.append_in_stream if message.stream else statements.append
         ((predecessors, _),) = self.database.execute_prepared(sql, values).fetchall()
         return None if predecessors is None else json.loads(predecessors)
 
     def take(self, limit: int, start: int = 0) -> list[OutboxRow]:
-        _, _, take = self._statements()
+        take = self._statements().take
         cursor = self.database.execute_prepared(take, (start, limit), prefix=_TAKE_SETTINGS)
         # RETURNING does not keep the subquery's order: publish oldest first.
         return sorted((OutboxRow(*row) for row in cursor.fetchall()), key=lambda r: r.id)
 
-    def _statements(self) -> tuple[str, str, str]:
+    def take_published(self, ids: Sequence[int]) -> None:
+        # Sent with the COMMIT (SKIP LOCKED: never waits for another drain).
+        take = self._statements().take_published
+        self.database.execute_prepared(take, (list(ids),), defer=True, prefix=_TAKE_SETTINGS)
+
+    def _statements(self) -> _Statements:
         # Built on first use: the tables' schemas are set when the runtime binds them.
         if self._sql is None:
             self._sql = _postgres_statements()
@@ -202,22 +218,65 @@ class PostgresOutboxStore(OutboxStore):
 _TAKE_SETTINGS = "SET LOCAL synchronous_commit TO OFF; SET LOCAL enable_seqscan TO OFF; "
 
 
-def _postgres_statements() -> tuple[str, str, str]:
-    """(append in a stream, append without, take).
+#: PostgreSQL's NOTIFY takes payloads shorter than this, in bytes.
+_NOTIFY_LIMIT = 8000
+
+
+def notified_row(payload: str) -> OutboxRow | None:
+    """The row an append's notification carries (its fields as a JSON array,
+    the payload in base64); None if it carries only the id (the row did not
+    fit) or anything else."""
+    if not payload.startswith("["):
+        return None
+    try:
+        row = OutboxRow(*json.loads(payload))
+        return row._replace(payload=base64.b64decode(row.payload, validate=False))
+    except (ValueError, TypeError):
+        return None
+
+
+def notified_id(payload: str) -> int | None:
+    """The id of the row an append's notification names; None for anything else."""
+    if payload.isdecimal():
+        return int(payload)
+    row = notified_row(payload)
+    return row.id if row is not None else None
+
+
+class _Statements(NamedTuple):
+    append_in_stream: str
+    append: str
+    take: str
+    take_published: str
+
+
+def _postgres_statements() -> _Statements:
+    """The statements of ``PostgresOutboxStore``.
 
     ``previous`` reads the heads as the statement's snapshot has them: before
     ``advanced`` moves this routing key's head (the parts of one statement do
     not see each other's writes). pg_notify is in the final SELECT so that it
-    runs exactly once, for the one row inserted, with its id.
+    runs exactly once, for the one row inserted, with that row.
     """
     heads, outbox = qualified_name(StreamHead), qualified_name(OutboxRecord)
+    # The row (as ``notified_row`` reads it), or its id where the row would
+    # not fit in a notification.
+    fields = ", ".join(
+        "encode(payload, 'base64')" if name == "payload" else name for name in OutboxRow._fields
+    )
+    notify = (
+        "SELECT predecessors, pg_notify(%(channel)s, CASE WHEN octet_length(note) < "
+        f"{_NOTIFY_LIMIT} THEN note ELSE id::text END) "
+        f"FROM (SELECT id, predecessors, json_build_array({fields})::text AS note FROM stored) "
+        "AS appended"
+    )
     insert = (
         f"INSERT INTO {outbox} (message_id, type, schema_version, payload, stream, "
         "position, created_at, correlation_id, traceparent, tracestate, predecessors) "
         "VALUES (%(message_id)s, %(type)s, %(schema_version)s, %(payload)s, %(stream)s, "
         "%(position)s, %(created_at)s, %(correlation_id)s, %(traceparent)s, %(tracestate)s, "
         "{predecessors}) "
-        "RETURNING id, predecessors"
+        f"RETURNING {', '.join(OutboxRow._fields)}"
     )
     in_stream = (
         "WITH previous AS ("
@@ -232,16 +291,16 @@ def _postgres_statements() -> tuple[str, str, str]:
             predecessors="(SELECT COALESCE(jsonb_object_agg(routing_key, position), "
             "'{}'::jsonb)::text FROM previous)"
         )
-        + ") SELECT predecessors, pg_notify(%(channel)s, id::text) FROM stored"
+        + f") {notify}"
     )
-    plain = (
-        "WITH stored AS ("
-        + insert.format(predecessors="NULL")
-        + ") SELECT predecessors, pg_notify(%(channel)s, id::text) FROM stored"
-    )
+    plain = "WITH stored AS (" + insert.format(predecessors="NULL") + f") {notify}"
     take = (
         f"DELETE FROM {outbox} WHERE id IN ("
         f"SELECT id FROM {outbox} WHERE id >= %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
         f"RETURNING {', '.join(OutboxRow._fields)}"
     )
-    return in_stream, plain, take
+    take_published = (
+        f"DELETE FROM {outbox} WHERE id IN ("
+        f"SELECT id FROM {outbox} WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED)"
+    )
+    return _Statements(in_stream, plain, take, take_published)
