@@ -19,6 +19,7 @@ import pytest
 from cqrs_warehouse.messaging.errors import PublishError
 from cqrs_warehouse.messaging.message import Message
 from cqrs_warehouse.messaging.storage.models import OutboxRecord
+from cqrs_warehouse.messaging.testing import eventually
 from cqrs_warehouse.runtime import Runtime
 from tests.broker.conftest import OnRabbitmq
 from tests.support.environment import SCHEMAS
@@ -70,6 +71,32 @@ def test_a_drain_publishes_each_message_to_exactly_the_queues_whose_bindings_mat
         assert installation.queued(listener) == len(ids), listener
         taken = installation.take_all(listener)
         assert [d.properties.message_id for d in taken] == ids, listener
+
+
+def test_the_publisher_calls_meanwhile_once_after_its_messages_went_out_before_the_confirms(
+    on_rabbitmq: Callable[..., OnRabbitmq], sku: str
+) -> None:
+    installation = on_rabbitmq()
+    runtime = installation.runtime
+    run_commands(runtime, sku)
+    assert runtime.actors.drain.run() == 3  # declares the exchange and queues
+    installation.take_all("everything")
+    run_commands(runtime, sku)
+    calls = []
+
+    def routed() -> None:
+        assert installation.queued("everything") == 3
+
+    def meanwhile() -> None:
+        # The publisher is waiting for this, not yet for its confirms: the
+        # messages must be out already for RabbitMQ to route them.
+        eventually(routed, timeout=10)
+        calls.append(1)
+
+    with runtime.database.atomic():
+        rows = runtime.storage.outbox.take(10)
+        assert runtime.transport.publisher.publish(rows, meanwhile=meanwhile) is None
+    assert calls == [1]
 
 
 def test_a_published_message_carries_its_id_type_version_and_avro_payload_on_the_wire(

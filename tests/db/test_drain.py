@@ -205,16 +205,16 @@ class CountingPublisher:
         self.fail_from_call = fail_from_call
         self.fail_after_publish = fail_after_publish
 
-    def publish(self, records):
+    def publish(self, records, *, meanwhile=None):
         call = len(self.batches) + 1
         self.batches.append([r.message_id for r in records])
         if self.fail_from_call is not None and call >= self.fail_from_call:
             if self.fail_after_publish:
                 # The broker took the messages, then the drain died before deleting.
-                hand_over = self.inner.publish(records)
+                hand_over = self.inner.publish(records, meanwhile=meanwhile)
                 hand_over()
             raise PublishError("broker did not confirm")
-        return self.inner.publish(records)
+        return self.inner.publish(records, meanwhile=meanwhile)
 
 
 def test_drain_publishes_in_batches_in_outbox_order(rigs, commands, pending, sku):
@@ -299,6 +299,18 @@ def test_a_run_takes_from_the_smallest_notified_id_and_one_without_from_the_star
     assert pending() == []
 
 
+def test_a_run_takes_the_rows_from_the_smallest_notified_id_to_the_largest(
+    rigs, commands, pending, sku
+):
+    rig = rigs([recorder("everything", ["#"], defaultdict(list))])
+    rig.drain.run()  # the first run, from the start
+    sent = two_products(commands, sku)
+    ids = waiting_ids()
+    # The rows after the largest have their notifications to come.
+    assert rig.drain.run([ids[2], ids[1]]) == 2
+    assert pending() == [sent[0], *sent[3:]]
+
+
 def test_a_notification_that_is_not_an_id_makes_the_run_take_from_the_start(
     rigs, commands, pending, sku
 ):
@@ -361,10 +373,10 @@ class SeeingPublisher:
         self.inner = inner
         self.seen: list[int] = []  # per batch: how many of its rows were still there
 
-    def publish(self, rows):
+    def publish(self, rows, *, meanwhile=None):
         ids = [row.id for row in rows]
         self.seen.append(OutboxRecord.select().where(OutboxRecord.id.in_(ids)).count())
-        return self.inner.publish(rows)
+        return self.inner.publish(rows, meanwhile=meanwhile)
 
 
 @pytest.mark.parametrize("runtime", ["postgres"], indirect=True)

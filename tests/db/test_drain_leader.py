@@ -4,6 +4,7 @@ the one holding the installation's lock on its LISTEN connection, on PostgreSQL.
 from __future__ import annotations
 
 import threading
+import time
 import types
 
 import psycopg2
@@ -128,7 +129,9 @@ def test_the_drain_is_handed_the_payloads_of_the_notifications_that_woke_it(runt
         leader.stop()
 
 
-def notify(runtime, channel: str, payload: str) -> None:
+def notify(runtime, channel: str, payload: str, sent: dict[str, float] | None = None) -> None:
+    if sent is not None:
+        sent[payload] = time.monotonic()
     sender = psycopg2.connect(runtime.settings.database_url)
     try:
         with sender, sender.cursor() as cursor:
@@ -150,12 +153,18 @@ def test_only_the_leader_with_fresh_notifications_publishes_the_notified_rows(ru
     channel = unique_name("outbox")
     runs: dict[str, list[tuple[list[str], bool]]] = {"leader": [], "follower": []}
 
+    sent: dict[str, float] = {}  # payload -> when it was sent
+    late: list[str] = []  # payloads a follower was handed sooner than FOLLOWER_DELAY
+
     def drain_of(name: str):
         def drain(notified, as_notified):
             runs[name].append((list(notified), as_notified))
+            now = time.monotonic()
+            if name == "follower":
+                late.extend(p for p in notified if now - sent.get(p, 0.0) < FOLLOWER_DELAY)
             if name == "leader" and notified == ["slow"]:
                 # A long run: a notification that arrives meanwhile waits for it.
-                notify(runtime, channel, "during")
+                notify(runtime, channel, "during", sent)
                 threading.Event().wait(2 * FOLLOWER_DELAY)
 
         return drain
@@ -169,17 +178,18 @@ def test_only_the_leader_with_fresh_notifications_publishes_the_notified_rows(ru
 
         everything = ["first", "slow", "during", "after"]
         for payload in everything[:2]:
-            notify(runtime, channel, payload)
+            notify(runtime, channel, payload, sent)
             until(lambda p=payload: ([p], True) in runs["leader"])
         # Notified while the leader was busy for longer than half the followers'
         # delay: taken, as the followers may have acted on it.
         until(lambda: (["during"], False) in runs["leader"])
-        notify(runtime, channel, "after")
+        notify(runtime, channel, "after", sent)
         until(lambda: (["after"], True) in runs["leader"])
         # The follower, FOLLOWER_DELAY later, is handed them too (coalesced
         # as they came), and always takes.
         until(lambda: [p for run, _ in runs["follower"] for p in run][-4:] == everything)
         assert all(not as_notified for _, as_notified in runs["follower"])
+        assert late == []  # each handed over FOLLOWER_DELAY after it was sent, or later
     finally:
         leader.stop()
         if follower is not None:

@@ -24,7 +24,7 @@ import pytest
 from cqrs_warehouse.messaging.archive import Archive
 from cqrs_warehouse.messaging.message import Message
 from cqrs_warehouse.messaging.retention import Retention
-from cqrs_warehouse.messaging.storage.outbox import _TAKE_SETTINGS
+from cqrs_warehouse.messaging.storage.outbox import _TAKE_SETTINGS, LAST_ID
 from cqrs_warehouse.messaging.storage.positions import Run
 from cqrs_warehouse.runtime import Runtime, build
 from cqrs_warehouse.web import idempotency
@@ -201,7 +201,7 @@ def test_the_drains_take_from_a_notified_id_does_not_walk_the_rows_taken_before_
             with pytest.raises(_Rollback), database.atomic():
                 database.execute_sql(_TAKE_SETTINGS.strip().rstrip(";"))
                 cursor = database.execute_sql(
-                    f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {take}", (start, 500)
+                    f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {take}", (start, LAST_ID, 500)
                 )
                 plan = cursor.fetchone()[0][0]["Plan"]
                 assert plan["Actual Rows"] == large_tables.LIVE_OUTBOX_ROWS

@@ -36,8 +36,11 @@ class KillAfterPublish:
         self.kill_after = kill_after
         self.batches = itertools.count(1)
 
-    def publish(self, rows: Sequence[OutboxRow]) -> Callable[[], None] | None:
-        after_commit = self.publisher.publish(rows)  # returns once the broker confirmed
+    def publish(
+        self, rows: Sequence[OutboxRow], *, meanwhile: Callable[[], object] | None = None
+    ) -> Callable[[], None] | None:
+        # Returns once the broker confirmed.
+        after_commit = self.publisher.publish(rows, meanwhile=meanwhile)
         if next(self.batches) >= self.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
         return after_commit

@@ -10,34 +10,39 @@ recognise the messages they already applied.
 Where the database signals commits (PostgreSQL), each notification that
 wakes the drain carries a row just committed (its id alone if the row is too
 long for a notification). The leading drain, woken by fresh notifications,
-publishes those rows as they are and deletes them once they are confirmed,
-with the COMMIT: no query stands between a commit and its publication
-(docs/decisions/0025-publish-the-notified-row.md). Otherwise the take starts
-at the smallest notified id: the rows before it were taken already
-(docs/decisions/0024-take-from-the-notified-id.md). It starts at the
-beginning instead on its first run, after a batch failed (its rows came
-back), when a notification names no row, and when woken without
-notifications (the sweep, the drain actor).
+publishes those rows as they are, then deletes them while RabbitMQ confirms
+them, and commits: no query stands between a commit and its publication
+(docs/decisions/0025-publish-the-notified-row.md). Otherwise it takes the
+rows from the smallest notified id to the largest: the rows before were
+taken already (docs/decisions/0024-take-from-the-notified-id.md), the rows
+after have notifications to come. It takes every row instead on its first
+run, after a batch failed (its rows came back), when a notification names no
+row, and when woken without notifications (the sweep, the drain actor).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from .metrics import Metrics
-from .storage.outbox import OutboxRow, OutboxStore, notified_id, notified_row
+from .storage.outbox import LAST_ID, OutboxRow, OutboxStore, notified_id, notified_row
 from .tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
-    def publish(self, rows: Sequence[OutboxRow]) -> Callable[[], None] | None:
+    def publish(
+        self, rows: Sequence[OutboxRow], *, meanwhile: Callable[[], object] | None = None
+    ) -> Callable[[], None] | None:
         """Publish every row; return only once the broker has accepted them all.
 
-        May return an action to run once the drain's transaction has committed.
+        ``meanwhile`` is called once, after the messages went out and before
+        waiting for the broker. May return an action to run once the drain's
+        transaction has committed.
         """
 
 
@@ -64,8 +69,8 @@ class Drain:
         self._took_unnotified = True
 
     def run(self, notified: Sequence[str] = (), *, as_notified: bool = False) -> int:
-        """Publish until the outbox is empty (or only holds rows other drains
-        took) from the smallest id in ``notified`` on, or from the start.
+        """Publish the rows with ids from the smallest in ``notified`` to the
+        largest (those no other drain took), or every row if it is handed none.
 
         ``as_notified``: when every notification carries its row, publish
         those rows and nothing else, without taking them first (for the
@@ -77,12 +82,12 @@ class Drain:
             rows = _rows(notified) if as_notified and not self._took_unnotified else None
             if rows:
                 return self._publish_notified(rows)
-            start = 0 if self._from_start else _smallest_id(notified)
+            start, end = (0, LAST_ID) if self._from_start else _bounds(notified)
             self._from_start = self._took_unnotified = False
             known = {notified_id(payload) for payload in notified}
             total = 0
             while True:
-                taken = self.run_batch(start)
+                taken = self.run_batch(start, end)
                 total += len(taken)
                 self._took_unnotified |= any(row.id not in known for row in taken)
                 if len(taken) < self.batch_size:
@@ -91,10 +96,10 @@ class Drain:
             self._from_start = self._took_unnotified = True
             raise
 
-    def run_batch(self, start: int = 0) -> Sequence[OutboxRow]:
-        """Take a batch of rows from id ``start`` on and publish it; the rows."""
+    def run_batch(self, start: int = 0, end: int = LAST_ID) -> Sequence[OutboxRow]:
+        """Take a batch of rows with ids from ``start`` to ``end`` and publish it; the rows."""
         with self.database.atomic():
-            rows = self.store.take(self.batch_size, start)
+            rows = self.store.take(self.batch_size, start, end)
             if not rows:
                 return rows
             after_commit = self._publish(rows)
@@ -104,15 +109,18 @@ class Drain:
     def _publish_notified(self, rows: Sequence[OutboxRow]) -> int:
         for first in range(0, len(rows), self.batch_size):
             batch = rows[first : first + self.batch_size]
+            take = partial(self.store.take_published, [row.id for row in batch])
             with self.database.atomic():
-                after_commit = self._publish(batch)
-                self.store.take_published([row.id for row in batch])
+                # Taken while RabbitMQ confirms: a follower skips them from then on.
+                after_commit = self._publish(batch, take)
             self._published(batch, after_commit)
         return len(rows)
 
-    def _publish(self, rows: Sequence[OutboxRow]) -> Callable[[], None] | None:
+    def _publish(
+        self, rows: Sequence[OutboxRow], meanwhile: Callable[[], object] | None = None
+    ) -> Callable[[], None] | None:
         with self.tracing.publishing(rows) as sent:  # a span per traced row
-            return self.publisher.publish(sent)
+            return self.publisher.publish(sent, meanwhile=meanwhile)
 
     def _published(self, rows: Sequence[OutboxRow], after_commit: Callable[[], None] | None) -> int:
         if after_commit is not None:
@@ -142,8 +150,9 @@ def _rows(notified: Sequence[str]) -> list[OutboxRow] | None:
     return sorted(carried, key=lambda row: row.id) if len(carried) == len(rows) else None
 
 
-def _smallest_id(notified: Sequence[str]) -> int:
-    """The smallest notified id; 0 (the start) if there is none, or one names no row."""
+def _bounds(notified: Sequence[str]) -> tuple[int, int]:
+    """The smallest and the largest notified id; every id if there is none, or
+    one names no row."""
     ids = [notified_id(payload) for payload in notified]
     named = [id_ for id_ in ids if id_ is not None]
-    return min(named) if named and len(named) == len(ids) else 0
+    return (min(named), max(named)) if named and len(named) == len(ids) else (0, LAST_ID)

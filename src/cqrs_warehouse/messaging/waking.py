@@ -114,25 +114,32 @@ class DrainWaker(Middleware):
         leading = self.drains_here and subscription.try_lock(self.channel)
         self._wake(here=True)  # anything committed before LISTEN took effect
         waited = time.monotonic()  # when this thread last returned from a wait
+        later: list[tuple[float, str]] = []  # a follower's notifications, as they came
         while not self._stop.is_set():
-            # No notification that a wait returns arrived before the last one
-            # returned: none is older than the time since then (or it came in
-            # while it waited).
+            # No notification that a wait returns came in before the last wait
+            # returned: none is older than ``away``, or it came while it waited.
             away = time.monotonic() - waited
-            notified = subscription.wait(self.sweep_interval)
-            if notified:
-                if not leading:
-                    self._stop.wait(FOLLOWER_DELAY)
+            timeout = self.sweep_interval
+            if later:
+                timeout = max(0.0, later[0][0] + FOLLOWER_DELAY - time.monotonic())
+            notified = subscription.wait(timeout)
+            waited = time.monotonic()
+            if leading and notified:
                 # Coalesced: what arrived meanwhile is this wake-up.
                 notified += subscription.wait(0)
                 waited = time.monotonic()
-                # The followers act FOLLOWER_DELAY after a notification: until
-                # then the leader may publish the notified rows without taking
-                # them first (Drain.run), with a margin.
-                fresh = leading and away < FOLLOWER_DELAY / 2
-                self._wake(here=True, notified=notified, as_notified=fresh)
+                # With a margin, no follower has acted on these yet: the
+                # drain may publish their rows without taking them first.
+                self._wake(here=True, notified=notified, as_notified=away < FOLLOWER_DELAY / 2)
+            elif not leading and (notified or later):
+                # A follower acts on a notification FOLLOWER_DELAY after it
+                # came: on what the leader has not published by then.
+                later += [(waited, payload) for payload in notified]
+                due = [payload for came, payload in later if waited - came >= FOLLOWER_DELAY]
+                if due:
+                    del later[: len(due)]
+                    self._wake(here=True, notified=due)
             else:
-                waited = time.monotonic()
                 leading = leading or (self.drains_here and subscription.try_lock(self.channel))
                 self._sweep(here=True)
 

@@ -91,7 +91,9 @@ class _Publisher:
     def __init__(self, transport: InProcessTransport) -> None:
         self.transport = transport
 
-    def publish(self, rows: Sequence[OutboxRow]) -> Callable[[], None]:
+    def publish(
+        self, rows: Sequence[OutboxRow], *, meanwhile: Callable[[], object] | None = None
+    ) -> Callable[[], None]:
         handovers = []
         for row in rows:
             key = routing_key_for(row.type, row.schema_version)
@@ -99,6 +101,8 @@ class _Publisher:
             for spec in self.transport.routing.listeners_for(key):
                 delivery = Delivery.create(listener=spec.name, envelope=json.dumps(envelope))
                 handovers.append((spec.actor_name, envelope, delivery.id))
+        if meanwhile is not None:
+            meanwhile()
 
         def hand_over() -> None:
             for actor, envelope, delivery in handovers:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dramatiq
@@ -52,14 +52,17 @@ class RabbitmqPublisher:
         self.keys = keys
         self._local = threading.local()
 
-    def publish(self, rows: Sequence[OutboxRow]) -> None:
+    def publish(
+        self, rows: Sequence[OutboxRow], *, meanwhile: Callable[[], object] | None = None
+    ) -> None:
         # A connection idle in this thread may have been closed by the broker
         # (missed heartbeats, a restart) without pika noticing until it is
         # used: try once more on a fresh one. Rows go only once confirmed,
         # so publishing a batch twice only makes duplicates.
+        pending = [meanwhile] if meanwhile is not None else []
         for attempt in (1, 2):
             try:
-                self._publish(rows)
+                self._publish(rows, pending)
                 return
             except (pika.exceptions.AMQPError, dramatiq.errors.BrokerConnectionError) as error:
                 self._reset()
@@ -68,7 +71,8 @@ class RabbitmqPublisher:
                         f"publishing to exchange {self.topology.exchange!r} failed: {error!r}"
                     ) from error
 
-    def _publish(self, rows: Sequence[OutboxRow]) -> None:
+    def _publish(self, rows: Sequence[OutboxRow], meanwhile: list[Callable[[], object]]) -> None:
+        """``meanwhile``: called (and emptied, so once in all) once the frames are sent."""
         connection, channel, confirms = self._channel()
         # BlockingChannel.basic_publish flushes the socket after every
         # message and, in confirm mode, waits for its confirm; pika has no
@@ -85,6 +89,10 @@ class RabbitmqPublisher:
                     body=bytes(row.payload),
                     properties=properties_of(row, self.keys),
                 )
+        if meanwhile:
+            # pika writes the frames to the socket only as it processes events.
+            connection.process_data_events(time_limit=0)
+            meanwhile.pop()()
         deadline = time.monotonic() + self.confirm_timeout
         while confirms.waiting():
             remaining = deadline - time.monotonic()

@@ -38,6 +38,8 @@ class OutboxRow(NamedTuple):
 
 
 _ROW_FIELDS = [getattr(OutboxRecord, name) for name in OutboxRow._fields]
+#: The largest id a row can have (the column is a BIGINT).
+LAST_ID = 2**63 - 1
 
 
 class OutboxStore:
@@ -84,14 +86,14 @@ class OutboxStore:
         """The last position appended in ``stream`` (0 if none)."""
         return max((int(last) for _, last in _HEADS.rows(stream)), default=0)
 
-    def take(self, limit: int, start: int = 0) -> list[OutboxRow]:
-        """The oldest rows from id ``start`` on, deleted by the open transaction
-        (they come back if it rolls back). On SQLite the transaction began
-        IMMEDIATE: it holds the write lock, so no other drain takes them
-        meanwhile."""
+    def take(self, limit: int, start: int = 0, end: int = LAST_ID) -> list[OutboxRow]:
+        """The oldest rows with ids from ``start`` to ``end``, deleted by the open
+        transaction (they come back if it rolls back). On SQLite the
+        transaction began IMMEDIATE: it holds the write lock, so no other
+        drain takes them meanwhile."""
         query = (
             OutboxRecord.select(*_ROW_FIELDS)
-            .where(OutboxRecord.id >= start)
+            .where(OutboxRecord.id.between(start, end))
             .order_by(OutboxRecord.id)
             .limit(limit)
         )
@@ -149,7 +151,7 @@ class PostgresOutboxStore(OutboxStore):
     predecessors computed by PostgreSQL) and NOTIFYs the drain with the row
     (its id alone if the row does not fit in a notification), which
     PostgreSQL delivers only if the transaction commits: the leading drain
-    publishes it from there, and only then deletes it (``take_published``,
+    publishes it from there, and only then takes it (``take_published``,
     docs/decisions/0025-publish-the-notified-row.md). ``take``
     starts at an id the drain was notified of (``messaging.drain``), so that
     its index scan does not walk the entries of the rows taken before it,
@@ -194,16 +196,16 @@ class PostgresOutboxStore(OutboxStore):
         ((predecessors, _),) = self.database.execute_prepared(sql, values).fetchall()
         return None if predecessors is None else json.loads(predecessors)
 
-    def take(self, limit: int, start: int = 0) -> list[OutboxRow]:
+    def take(self, limit: int, start: int = 0, end: int = LAST_ID) -> list[OutboxRow]:
         take = self._statements().take
-        cursor = self.database.execute_prepared(take, (start, limit), prefix=_TAKE_SETTINGS)
+        cursor = self.database.execute_prepared(take, (start, end, limit), prefix=_TAKE_SETTINGS)
         # RETURNING does not keep the subquery's order: publish oldest first.
         return sorted((OutboxRow(*row) for row in cursor.fetchall()), key=lambda r: r.id)
 
     def take_published(self, ids: Sequence[int]) -> None:
-        # Sent with the COMMIT (SKIP LOCKED: never waits for another drain).
+        # SKIP LOCKED: never waits for another drain.
         take = self._statements().take_published
-        self.database.execute_prepared(take, (list(ids),), defer=True, prefix=_TAKE_SETTINGS)
+        self.database.execute_prepared(take, (list(ids),), prefix=_TAKE_SETTINGS)
 
     def _statements(self) -> _Statements:
         # Built on first use: the tables' schemas are set when the runtime binds them.
@@ -296,7 +298,8 @@ def _postgres_statements() -> _Statements:
     plain = "WITH stored AS (" + insert.format(predecessors="NULL") + f") {notify}"
     take = (
         f"DELETE FROM {outbox} WHERE id IN ("
-        f"SELECT id FROM {outbox} WHERE id >= %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
+        f"SELECT id FROM {outbox} WHERE id BETWEEN %s AND %s ORDER BY id LIMIT %s "
+        "FOR UPDATE SKIP LOCKED) "
         f"RETURNING {', '.join(OutboxRow._fields)}"
     )
     take_published = (
