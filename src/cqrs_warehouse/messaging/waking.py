@@ -115,13 +115,14 @@ class DrainWaker(Middleware):
         self._wake(here=True)  # anything committed before LISTEN took effect
         waited = time.monotonic()  # when this thread last returned from a wait
         later: list[tuple[float, str]] = []  # a follower's notifications, as they came
+        acted = 0.0  # when it last acted on some
         while not self._stop.is_set():
             # No notification that a wait returns came in before the last wait
             # returned: none is older than ``away``, or it came while it waited.
             away = time.monotonic() - waited
             timeout = self.sweep_interval
             if later:
-                timeout = max(0.0, later[0][0] + FOLLOWER_DELAY - time.monotonic())
+                timeout = max(0.0, max(later[0][0], acted) + FOLLOWER_DELAY - time.monotonic())
             notified = subscription.wait(timeout)
             waited = time.monotonic()
             if leading and notified:
@@ -133,11 +134,18 @@ class DrainWaker(Middleware):
                 self._wake(here=True, notified=notified, as_notified=away < FOLLOWER_DELAY / 2)
             elif not leading and (notified or later):
                 # A follower acts on a notification FOLLOWER_DELAY after it
-                # came: on what the leader has not published by then.
+                # came, on what the leader has not published by then, and at
+                # most every FOLLOWER_DELAY: on all that came that long before.
                 later += [(waited, payload) for payload in notified]
-                due = [payload for came, payload in later if waited - came >= FOLLOWER_DELAY]
-                if due:
-                    del later[: len(due)]
+                self._stop.wait(
+                    max(0.0, max(later[0][0], acted) + FOLLOWER_DELAY - time.monotonic())
+                )
+                acted = time.monotonic()
+                later += [(acted, payload) for payload in subscription.wait(0)]
+                waited = time.monotonic()
+                due = [payload for came, payload in later if acted - came >= FOLLOWER_DELAY]
+                del later[: len(due)]
+                if due:  # (none if it is stopping)
                     self._wake(here=True, notified=due)
             else:
                 leading = leading or (self.drains_here and subscription.try_lock(self.channel))
