@@ -40,8 +40,9 @@ class Publisher(Protocol):
     ) -> Callable[[], None] | None:
         """Publish every row; return only once the broker has accepted them all.
 
-        ``meanwhile`` is called once, after the messages went out and before
-        waiting for the broker. May return an action to run once the drain's
+        ``meanwhile`` is called once the messages went out, before waiting for
+        the broker (again if the batch is sent again on a new connection: it
+        must bear that). May return an action to run once the drain's
         transaction has committed.
         """
 
@@ -82,9 +83,10 @@ class Drain:
             rows = _rows(notified) if as_notified and not self._took_unnotified else None
             if rows:
                 return self._publish_notified(rows)
-            start, end = (0, LAST_ID) if self._from_start else _bounds(notified)
+            ids = [notified_id(payload) for payload in notified]
+            start, end = (0, LAST_ID) if self._from_start else _bounds(ids)
             self._from_start = self._took_unnotified = False
-            known = {notified_id(payload) for payload in notified}
+            known = set(ids)
             total = 0
             while True:
                 taken = self.run_batch(start, end)
@@ -122,13 +124,15 @@ class Drain:
         with self.tracing.publishing(rows) as sent:  # a span per traced row
             return self.publisher.publish(sent, meanwhile=meanwhile)
 
-    def _published(self, rows: Sequence[OutboxRow], after_commit: Callable[[], None] | None) -> int:
+    def _published(
+        self, rows: Sequence[OutboxRow], after_commit: Callable[[], None] | None
+    ) -> None:
         if after_commit is not None:
             after_commit()
         self.metrics.count_published(len(rows))
         logger.info("published %d messages", len(rows))
         if not logger.isEnabledFor(logging.DEBUG):
-            return len(rows)
+            return
         for row in rows:
             # The context fields of the line, as ``context.bound`` would set them.
             logger.debug(
@@ -140,7 +144,6 @@ class Drain:
                     "message_type": row.type,
                 },
             )
-        return len(rows)
 
 
 def _rows(notified: Sequence[str]) -> list[OutboxRow] | None:
@@ -150,9 +153,8 @@ def _rows(notified: Sequence[str]) -> list[OutboxRow] | None:
     return sorted(carried, key=lambda row: row.id) if len(carried) == len(rows) else None
 
 
-def _bounds(notified: Sequence[str]) -> tuple[int, int]:
+def _bounds(ids: Sequence[int | None]) -> tuple[int, int]:
     """The smallest and the largest notified id; every id if there is none, or
-    one names no row."""
-    ids = [notified_id(payload) for payload in notified]
+    a notification names no row (None)."""
     named = [id_ for id_ in ids if id_ is not None]
     return (min(named), max(named)) if named and len(named) == len(ids) else (0, LAST_ID)

@@ -59,10 +59,9 @@ class RabbitmqPublisher:
         # (missed heartbeats, a restart) without pika noticing until it is
         # used: try once more on a fresh one. Rows go only once confirmed,
         # so publishing a batch twice only makes duplicates.
-        pending = [meanwhile] if meanwhile is not None else []
         for attempt in (1, 2):
             try:
-                self._publish(rows, pending)
+                self._publish(rows, meanwhile)
                 return
             except (pika.exceptions.AMQPError, dramatiq.errors.BrokerConnectionError) as error:
                 self._reset()
@@ -71,8 +70,7 @@ class RabbitmqPublisher:
                         f"publishing to exchange {self.topology.exchange!r} failed: {error!r}"
                     ) from error
 
-    def _publish(self, rows: Sequence[OutboxRow], meanwhile: list[Callable[[], object]]) -> None:
-        """``meanwhile``: called (and emptied, so once in all) once the frames are sent."""
+    def _publish(self, rows: Sequence[OutboxRow], meanwhile: Callable[[], object] | None) -> None:
         connection, channel, confirms = self._channel()
         # BlockingChannel.basic_publish flushes the socket after every
         # message and, in confirm mode, waits for its confirm; pika has no
@@ -89,10 +87,10 @@ class RabbitmqPublisher:
                     body=bytes(row.payload),
                     properties=properties_of(row, self.keys),
                 )
-        if meanwhile:
+        if meanwhile is not None:
             # pika writes the frames to the socket only as it processes events.
             connection.process_data_events(time_limit=0)
-            meanwhile.pop()()
+            meanwhile()
         deadline = time.monotonic() + self.confirm_timeout
         while confirms.waiting():
             remaining = deadline - time.monotonic()
