@@ -164,7 +164,7 @@ def test_a_deferred_bulk_insert_is_undone_with_its_transaction(runtime, sku):
 
 @pytest.mark.parametrize("runtime", ["postgres"], indirect=True)
 def test_on_postgresql_a_bulk_insert_is_one_statement_whatever_its_rows(runtime, sku, monkeypatch):
-    ADD_MANY.run([[f"{sku}-x"], [1]])  # (prepared)
+    ADD_MANY.run([[f"{sku}-x", f"{sku}-y"], [1, 1]])  # (prepared)
     sent = record_queries(monkeypatch)
 
     with runtime.outbox.transaction():
@@ -172,4 +172,20 @@ def test_on_postgresql_a_bulk_insert_is_one_statement_whatever_its_rows(runtime,
 
     assert len(sent) == 1, sent  # BEGIN, the insert of 50 rows and the COMMIT together
     assert sent[0].startswith("BEGIN; EXECUTE ") and sent[0].endswith("COMMIT")
-    assert ReturnedQuantity.select().where(ReturnedQuantity.sku.startswith(sku)).count() == 51
+    assert ReturnedQuantity.select().where(ReturnedQuantity.sku.startswith(sku)).count() == 52
+
+
+@pytest.mark.parametrize("runtime", ["postgres"], indirect=True)
+def test_on_postgresql_one_row_goes_in_a_plain_values_insert_to_the_same_effect(
+    runtime, sku, monkeypatch
+):
+    sent = record_queries(monkeypatch)
+    with runtime.outbox.transaction():
+        first = ADD_MANY.rows([[sku], [5]])
+        second = ADD_MANY.rows([[sku], [7]])
+    assert (first, second) == ([(sku, 5)], [(sku, 12)])  # its ON CONFLICT and RETURNING hold
+    [name] = {q.split("EXECUTE ", 1)[1].split("(", 1)[0] for q in sent if "EXECUTE " in q}
+    [(text,)] = runtime.database.execute_sql(
+        "SELECT statement FROM pg_prepared_statements WHERE name = %s", (name,)
+    ).fetchall()
+    assert " VALUES ($1, $2) " in text and "unnest" not in text, text

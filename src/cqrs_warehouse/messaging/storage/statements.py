@@ -113,7 +113,9 @@ class Bulk:
 
     On PostgreSQL it is one statement whatever the number of rows (its rows
     come from ``unnest`` of one array per column, in order), so it is
-    prepared once; elsewhere peewee builds the INSERT of those rows.
+    prepared once; one row, a listener's single delivery, goes in a plain
+    ``VALUES`` (docs/decisions/0026-one-row-one-values.md). Elsewhere peewee
+    builds the INSERT of those rows.
     """
 
     def __init__(
@@ -140,12 +142,21 @@ class Bulk:
             ),
             *samples,
         )
+        values = ", ".join("%s" for _ in self.fields)
+        self._row = Statement(
+            lambda *row: finish(
+                self.model.insert_from(peewee.SQL(f"VALUES ({values})", list(row)), self.fields)
+            ),
+            *(sample for [sample] in samples),
+        )
 
     def run(self, columns: Sequence[Sequence[Any]], *, defer: bool = False) -> Any:
         """Insert the rows whose values ``columns`` holds (one sequence per
         field); the cursor, or None if ``defer`` put it off."""
         database = self.model._meta.database
         if database.array_parameters:
+            if len(columns[0]) == 1:
+                return self._row.run(*[column[0] for column in columns], defer=defer)
             return self._arrays.run(*[list(column) for column in columns], defer=defer)
         rows = list(zip(*columns, strict=True))
         return database.execute(self.finish(self.model.insert_many(rows, fields=self.fields)))
