@@ -116,14 +116,16 @@ class DrainWaker(Middleware):
         waited = time.monotonic()  # when this thread last returned from a wait
         later: list[tuple[float, str]] = []  # a follower's notifications, as they came
         acted = 0.0  # when it last acted on some
+
+        def until_due() -> float:
+            """Seconds until the follower may act on the oldest of ``later``."""
+            return max(0.0, max(later[0][0], acted) + FOLLOWER_DELAY - time.monotonic())
+
         while not self._stop.is_set():
             # No notification that a wait returns came in before the last wait
             # returned: none is older than ``away``, or it came while it waited.
             away = time.monotonic() - waited
-            timeout = self.sweep_interval
-            if later:
-                timeout = max(0.0, max(later[0][0], acted) + FOLLOWER_DELAY - time.monotonic())
-            notified = subscription.wait(timeout)
+            notified = subscription.wait(until_due() if later else self.sweep_interval)
             waited = time.monotonic()
             if leading and notified:
                 # Coalesced: what arrived meanwhile is this wake-up.
@@ -137,9 +139,7 @@ class DrainWaker(Middleware):
                 # came, on what the leader has not published by then, and at
                 # most every FOLLOWER_DELAY: on all that came that long before.
                 later += [(waited, payload) for payload in notified]
-                self._stop.wait(
-                    max(0.0, max(later[0][0], acted) + FOLLOWER_DELAY - time.monotonic())
-                )
+                self._stop.wait(until_due())
                 acted = time.monotonic()
                 later += [(acted, payload) for payload in subscription.wait(0)]
                 waited = time.monotonic()
